@@ -1,0 +1,20 @@
+"""minitx: a Transformer library written from scratch on NumPy, with its own autograd.
+
+    import minitx as mx
+    x = mx.randn(4, 8, requires_grad=True, dtype="float64")
+    w = mx.randn(8, 3, requires_grad=True, dtype="float64")
+    y = mx.einsum("nd,dk->nk", x, w).tanh().sum()
+    y.backward()                      # x.grad, w.grad
+    mx.gradcheck(lambda x, w: mx.einsum("nd,dk->nk", x, w).tanh().sum(), (x, w))
+"""
+from .autograd import Function, is_grad_enabled, no_grad
+from .backend import cuda_available, default_device, set_default_device
+from .gradcheck import GradcheckError, gradcheck
+from .ops import (abs, broadcast_to, concatenate, cross_entropy, dropout, einsum, exp, expand, gelu,
+                  layer_norm, log, log_softmax, logsumexp, masked_fill, matmul, max, mean, min,
+                  permute, relu, reshape, rms_norm, sigmoid, softmax, split, sqrt, stack, sum, take,
+                  tanh, transpose, unsqueeze, var, where)
+from .random import get_rng_state, manual_seed, set_rng_state
+from .tensor import Tensor, arange, ones, ones_like, rand, randn, tensor, zeros, zeros_like
+
+__version__ = "0.1.0"

@@ -1,0 +1,140 @@
+"""Fused ops of neural networks: softmax, log-softmax, cross-entropy, normalisation, dropout.
+
+Each could be composed from the primitives; written as one op with a hand-derived backward,
+it is numerically stable (no overflow for logits of 1e4) and saves a dozen graph nodes.
+"""
+from ..autograd import Function
+from ..backend import get_array_module, device_of
+from ..random import uniform_array
+
+
+def _shift(x, axis):
+    """x minus its maximum along axis (a row of all -inf is left at -inf, not NaN)."""
+    xp = get_array_module(x)
+    m = x.max(axis=axis, keepdims=True)
+    return x - xp.where(xp.isfinite(m), m, 0)
+
+
+class Softmax(Function):
+    @staticmethod
+    def forward(ctx, x, axis=-1):
+        e = get_array_module(x).exp(_shift(x, axis))
+        ctx.axis, ctx.out = axis, e / e.sum(axis=axis, keepdims=True)
+        return ctx.out
+
+    @staticmethod
+    def backward(ctx, grad):
+        # y = softmax(x):  dL/dx = y * (g - sum(g * y))
+        y = ctx.out
+        return y * (grad - (grad * y).sum(axis=ctx.axis, keepdims=True))
+
+
+class LogSoftmax(Function):
+    @staticmethod
+    def forward(ctx, x, axis=-1):
+        xp = get_array_module(x)
+        z = _shift(x, axis)
+        ctx.axis, ctx.out = axis, z - xp.log(xp.exp(z).sum(axis=axis, keepdims=True))
+        return ctx.out
+
+    @staticmethod
+    def backward(ctx, grad):
+        # y = x - logsumexp(x):  dL/dx = g - softmax(x) * sum(g)
+        xp = get_array_module(grad)
+        return grad - xp.exp(ctx.out) * grad.sum(axis=ctx.axis, keepdims=True)
+
+
+class CrossEntropy(Function):
+    """Mean over counted positions of -log softmax(logits)[target], in one stable op.
+
+    logits (..., C), targets (...) integers; positions whose target is `ignore_index` count
+    neither in the sum nor in the mean (padding, or the prompt part of an instruction example).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index=-100):
+        xp = get_array_module(logits)
+        if targets.shape != logits.shape[:-1]:
+            raise ValueError(f"cross_entropy: targets of shape {targets.shape} do not match logits "
+                             f"of shape {logits.shape} (expected targets {logits.shape[:-1]})")
+        n_class, logits_shape = logits.shape[-1], logits.shape
+        logits = logits.reshape(-1, n_class)
+        targets = targets.reshape(-1)
+        counted = targets != ignore_index
+        safe = xp.where(counted, targets, 0)
+        if targets.size and (safe.min() < 0 or safe.max() >= n_class):
+            raise ValueError(f"cross_entropy: targets must lie in [0, {n_class}) or equal "
+                             f"ignore_index={ignore_index}")
+        z = _shift(logits, -1)
+        e = xp.exp(z)
+        s = e.sum(axis=-1, keepdims=True)
+        rows = xp.arange(len(safe))
+        n = max(int(counted.sum()), 1)
+        # -log p[target] = log(sum(exp(z))) - z[target]
+        loss = ((xp.log(s[:, 0]) - z[rows, safe]) * counted).sum() / n
+        ctx.probs, ctx.rows, ctx.safe, ctx.counted, ctx.n = e / s, rows, safe, counted, n
+        ctx.shape = logits_shape
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        # dL/dlogits = (softmax(logits) - onehot(target)) / n on counted rows, 0 elsewhere
+        d = ctx.probs.copy()
+        d[ctx.rows, ctx.safe] -= 1
+        d *= (ctx.counted * (grad / ctx.n))[:, None]
+        return d.reshape(ctx.shape), None
+
+
+class Normalize(Function):
+    """Layer norm (center=True) or RMS norm (center=False) over the last axis, with optional
+    elementwise weight and bias.
+
+        layer norm: xhat = (x - mean(x)) / sqrt(var(x) + eps)
+        RMS norm:   xhat = x / sqrt(mean(x^2) + eps)
+        y = xhat * weight + bias
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight=None, bias=None, eps=1e-5, center=True):
+        xp = get_array_module(x)
+        if weight is not None and weight.shape != x.shape[-1:]:
+            raise ValueError(f"normalisation weight of shape {weight.shape} does not match the last "
+                             f"axis of {x.shape}")
+        if center:
+            x = x - x.mean(axis=-1, keepdims=True)
+        rstd = 1 / xp.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)
+        xhat = x * rstd
+        ctx.xhat, ctx.rstd, ctx.weight, ctx.center = xhat, rstd, weight, center
+        y = xhat if weight is None else xhat * weight
+        return y if bias is None else y + bias
+
+    @staticmethod
+    def backward(ctx, grad):
+        xhat, needs = ctx.xhat, ctx.needs_grad
+        reduce = tuple(range(grad.ndim - 1))
+        dweight = (grad * xhat).sum(axis=reduce) if len(needs) > 1 and needs[1] else None
+        dbias = grad.sum(axis=reduce) if len(needs) > 2 and needs[2] else None
+        dxhat = grad if ctx.weight is None else grad * ctx.weight
+        # xhat = (x - mu) * rstd: dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat));
+        # RMS norm has no mean to subtract, so no mean(dxhat) term
+        dx = dxhat - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
+        if ctx.center:
+            dx = dx - dxhat.mean(axis=-1, keepdims=True)
+        return ctx.rstd * dx, dweight, dbias
+
+
+class Dropout(Function):
+    """Zero each element with probability p and scale the rest by 1/(1-p) (inverted dropout),
+    so the expected value is unchanged and evaluation needs no rescaling."""
+
+    @staticmethod
+    def forward(ctx, x, p=0.5):
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        keep = uniform_array(x.shape, x.dtype, device_of(x)) >= p
+        ctx.scale = keep * x.dtype.type(1 / (1 - p))
+        return x * ctx.scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale

@@ -1,0 +1,44 @@
+"""minitx's random number generators: one per device, seeded together by `manual_seed`.
+
+Initialisation, dropout and sampling all draw from here, so one seed makes a run repeatable,
+and `get_rng_state`/`set_rng_state` let a checkpoint resume the exact same stream.
+NumPy's and CuPy's `Generator` share one interface (`standard_normal`, `random`, ...).
+"""
+import numpy
+
+from . import backend
+
+_seed = None
+_generators = {}
+
+
+def manual_seed(seed):
+    """Seed the generators of every device."""
+    global _seed
+    _seed = int(seed)
+    _generators.clear()
+
+
+def generator(device="cpu"):
+    """The random generator for `device` (numpy.random.Generator or cupy.random.Generator)."""
+    if device not in _generators:
+        xp = backend.array_module(device)
+        _generators[device] = xp.random.default_rng(_seed)
+    return _generators[device]
+
+
+def normal_array(shape, dtype, device):
+    return generator(device).standard_normal(shape, dtype=dtype)
+
+
+def uniform_array(shape, dtype, device):
+    return generator(device).random(shape, dtype=dtype)
+
+
+def get_rng_state():
+    """The CPU generator's state as plain JSON-serialisable data (for checkpoints)."""
+    return generator("cpu").bit_generator.state
+
+
+def set_rng_state(state):
+    generator("cpu").bit_generator.state = state

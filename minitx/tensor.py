@@ -1,0 +1,247 @@
+"""The Tensor: an array (NumPy or CuPy), whether it needs a gradient, and the node that made it.
+
+A tensor made by the user is a *leaf*: `_node` is None and `backward()` accumulates into its
+`.grad`. A tensor made by an op carries the op's `Node` (see autograd.py), which links it to the
+op's inputs; following those links backwards is what `backward()` does.
+"""
+import numpy
+
+from . import backend
+from .random import normal_array, uniform_array
+
+_INDEX_DTYPES = ("int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "uint8", "bool")
+
+
+class Tensor:
+    __slots__ = ("data", "requires_grad", "grad", "_node", "__weakref__")
+
+    def __init__(self, data, requires_grad=False, dtype=None, device=None):
+        """Make a leaf tensor from a Python number, list, NumPy or CuPy array, or another Tensor.
+
+        Floating data is stored as float32 unless `dtype` says otherwise ("float64");
+        integer and boolean data keep an integer/bool dtype (token ids, masks).
+        """
+        if isinstance(data, Tensor):
+            data = data.data
+        device = backend.check_device(device) if device is not None else (
+            backend.device_of(data) if hasattr(data, "shape") else backend.default_device())
+        if hasattr(data, "shape"):  # an array, perhaps on the other device
+            data = backend.to_device(data, device)
+        data = backend.array_module(device).asarray(data)
+        if dtype is not None:
+            data = data.astype(_to_any_dtype(dtype), copy=False)
+        elif data.dtype.kind in "fc" or data.dtype == object:
+            data = data.astype(numpy.float32, copy=False)
+        elif data.dtype.name not in _INDEX_DTYPES:
+            raise ValueError(f"cannot make a tensor of dtype {data.dtype}")
+        if requires_grad and data.dtype.kind != "f":
+            raise ValueError(f"only floating tensors can require gradients, not {data.dtype}")
+        self.data, self.requires_grad, self.grad, self._node = data, bool(requires_grad), None, None
+
+    @classmethod
+    def _make(cls, data, requires_grad, node):
+        """Fast internal constructor for op outputs: no conversion, no checks."""
+        t = object.__new__(cls)
+        if type(data) is not numpy.ndarray and isinstance(data, numpy.generic):
+            data = numpy.asarray(data)  # NumPy reductions return scalars; keep arrays throughout
+        t.data, t.requires_grad, t.grad, t._node = data, requires_grad, None, node
+        return t
+
+    # --- what a tensor is ---------------------------------------------------------------------
+    shape = property(lambda self: self.data.shape)
+    ndim = property(lambda self: self.data.ndim)
+    size = property(lambda self: self.data.size)
+    dtype = property(lambda self: self.data.dtype)
+    device = property(lambda self: backend.device_of(self.data))
+    is_leaf = property(lambda self: self._node is None)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        extra = ", requires_grad=True" if self.requires_grad else ""
+        body = numpy.array2string(self.numpy(), separator=", ", prefix="tensor(")
+        return f"tensor({body}, dtype={self.dtype.name}, device={self.device!r}{extra})"
+
+    def numpy(self):
+        """The data as a NumPy array (copied from the GPU when needed)."""
+        return backend.to_device(self.data, "cpu")
+
+    def item(self):
+        if self.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, not shape {self.shape}")
+        return self.data.reshape(()).item()
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def detach(self):
+        """The same data, cut from the graph."""
+        return Tensor._make(self.data, False, None)
+
+    def to(self, device=None, dtype=None):
+        """A copy on `device` and/or with `dtype` (self when nothing changes); stays in the graph."""
+        out = self
+        if dtype is not None and self.dtype != _to_any_dtype(dtype):
+            out = ops.astype(out, dtype=_to_any_dtype(dtype))
+        if device is not None and backend.check_device(device) != self.device:
+            out = ops.to_device(out, device=device)
+        return out
+
+    def requires_grad_(self, flag=True):
+        if flag and self.dtype.kind != "f":
+            raise ValueError(f"only floating tensors can require gradients, not {self.dtype}")
+        self.requires_grad = flag
+        return self
+
+    def backward(self, grad=None, retain_graph=False):
+        """Back-propagate from this tensor: accumulate d(self)/d(leaf) into each leaf's `.grad`.
+
+        A scalar needs no `grad`; any other shape needs `grad` of the same shape (the vector in
+        the vector-Jacobian product).
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad "
+                               "(no input of the computation had requires_grad=True)")
+        xp = backend.get_array_module(self.data)
+        if grad is None:
+            if self.size != 1:
+                raise RuntimeError(f"backward() without a gradient needs a scalar, but this tensor "
+                                   f"has shape {self.shape}; pass grad= of that shape")
+            grad = xp.ones_like(self.data)
+        else:
+            grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+            if grad.shape != self.shape:
+                raise ValueError(f"backward(): grad has shape {grad.shape}, the tensor {self.shape}")
+        autograd.backward(self, grad, retain_graph)
+
+    # --- operators ------------------------------------------------------------------------------
+    def __add__(self, other): return ops.add(self, other)
+    def __radd__(self, other): return ops.add(other, self)
+    def __sub__(self, other): return ops.sub(self, other)
+    def __rsub__(self, other): return ops.sub(other, self)
+    def __mul__(self, other): return ops.mul(self, other)
+    def __rmul__(self, other): return ops.mul(other, self)
+    def __truediv__(self, other): return ops.div(self, other)
+    def __rtruediv__(self, other): return ops.div(other, self)
+    def __pow__(self, other): return ops.pow(self, other)
+    def __rpow__(self, other): return ops.pow(other, self)
+    def __matmul__(self, other): return ops.matmul(self, other)
+    def __rmatmul__(self, other): return ops.matmul(other, self)
+    def __neg__(self): return ops.neg(self)
+    def __getitem__(self, index): return ops.getitem(self, index)
+
+    # comparisons give boolean tensors outside the graph
+    def __lt__(self, other): return _compare(numpy.less, self, other)
+    def __le__(self, other): return _compare(numpy.less_equal, self, other)
+    def __gt__(self, other): return _compare(numpy.greater, self, other)
+    def __ge__(self, other): return _compare(numpy.greater_equal, self, other)
+    def __eq__(self, other): return _compare(numpy.equal, self, other)
+    def __ne__(self, other): return _compare(numpy.not_equal, self, other)
+    __hash__ = object.__hash__
+
+    # --- methods that forward to ops (see ops/ for what each does) ------------------------------
+    def exp(self): return ops.exp(self)
+    def log(self): return ops.log(self)
+    def sqrt(self): return ops.sqrt(self)
+    def abs(self): return ops.abs(self)
+    def tanh(self): return ops.tanh(self)
+    def sigmoid(self): return ops.sigmoid(self)
+    def relu(self): return ops.relu(self)
+    def gelu(self, approximate="none"): return ops.gelu(self, approximate)
+    def sum(self, axis=None, keepdims=False): return ops.sum(self, axis, keepdims)
+    def mean(self, axis=None, keepdims=False): return ops.mean(self, axis, keepdims)
+    def var(self, axis=None, keepdims=False, ddof=0): return ops.var(self, axis, keepdims, ddof)
+    def max(self, axis=None, keepdims=False): return ops.max(self, axis, keepdims)
+    def min(self, axis=None, keepdims=False): return ops.min(self, axis, keepdims)
+    def logsumexp(self, axis=-1, keepdims=False): return ops.logsumexp(self, axis, keepdims)
+    def softmax(self, axis=-1): return ops.softmax(self, axis)
+    def log_softmax(self, axis=-1): return ops.log_softmax(self, axis)
+    def reshape(self, *shape): return ops.reshape(self, _shape_args(shape))
+    def permute(self, *axes): return ops.permute(self, _shape_args(axes))
+    def transpose(self, axis0=-2, axis1=-1): return ops.transpose(self, axis0, axis1)
+    def expand(self, *shape): return ops.expand(self, _shape_args(shape))
+    def masked_fill(self, mask, value): return ops.masked_fill(self, mask, value)
+    def split(self, sizes, axis=0): return ops.split(self, sizes, axis)
+    def astype(self, dtype): return self.to(dtype=dtype)
+    T = property(lambda self: ops.permute(self, tuple(reversed(range(self.ndim)))))
+
+
+def _shape_args(args):
+    """Accept both x.reshape(2, 3) and x.reshape((2, 3))."""
+    return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else tuple(args)
+
+
+def _compare(ufunc, a, b):
+    b = b.data if isinstance(b, Tensor) else b
+    return Tensor._make(ufunc(a.data, b), False, None)
+
+
+def _to_any_dtype(dtype):
+    """A dtype for tensor data: the floating ones of backend.DTYPES, or an index/mask dtype."""
+    name = numpy.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name in _INDEX_DTYPES:
+        return numpy.dtype(name)
+    return backend.to_dtype(dtype)
+
+
+# --- factories --------------------------------------------------------------------------------
+def tensor(data, requires_grad=False, dtype=None, device=None):
+    """A leaf tensor from data (see Tensor.__init__)."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)
+
+
+def _factory(make):
+    """Wrap `make(xp, shape, dtype, device)` into a factory taking (*shape, dtype, device, requires_grad)."""
+    def factory(*shape, dtype="float32", device=None, requires_grad=False):
+        device = backend.check_device(device or backend.default_device())
+        dtype = backend.to_dtype(dtype)
+        data = make(backend.array_module(device), _shape_args(shape), dtype, device)
+        return Tensor._make(data, requires_grad, None)
+    factory.__name__ = make.__name__
+    factory.__doc__ = make.__doc__
+    return factory
+
+
+@_factory
+def zeros(xp, shape, dtype, device):
+    """A tensor of zeros: zeros(2, 3) or zeros((2, 3))."""
+    return xp.zeros(shape, dtype)
+
+
+@_factory
+def ones(xp, shape, dtype, device):
+    """A tensor of ones."""
+    return xp.ones(shape, dtype)
+
+
+@_factory
+def randn(xp, shape, dtype, device):
+    """Standard normal samples from minitx's generator (seed it with manual_seed)."""
+    return normal_array(shape, dtype, device)
+
+
+@_factory
+def rand(xp, shape, dtype, device):
+    """Uniform samples in [0, 1) from minitx's generator."""
+    return uniform_array(shape, dtype, device)
+
+
+def zeros_like(t, dtype=None, requires_grad=False):
+    return zeros(*t.shape, dtype=dtype or t.dtype, device=t.device, requires_grad=requires_grad)
+
+
+def ones_like(t, dtype=None, requires_grad=False):
+    return ones(*t.shape, dtype=dtype or t.dtype, device=t.device, requires_grad=requires_grad)
+
+
+def arange(start, stop=None, step=1, dtype="int64", device=None):
+    """Evenly spaced values like numpy.arange; int64 by default (positions, token ids)."""
+    device = backend.check_device(device or backend.default_device())
+    if stop is None:
+        start, stop = 0, start
+    data = backend.array_module(device).arange(start, stop, step, dtype=_to_any_dtype(dtype))
+    return Tensor._make(data, False, None)
+
+
+from . import autograd, ops  # noqa: E402  (both build on Tensor; Tensor's methods call into them)
