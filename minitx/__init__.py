@@ -15,6 +15,7 @@ from .ops import (abs, broadcast_to, concatenate, cross_entropy, dropout, einsum
                   permute, relu, reshape, rms_norm, sigmoid, softmax, split, sqrt, stack, sum, take,
                   tanh, transpose, unsqueeze, var, where)
 from .random import get_rng_state, manual_seed, set_rng_state
+from . import nn, optim
 from .tensor import Tensor, arange, ones, ones_like, rand, randn, tensor, zeros, zeros_like
 
 __version__ = "0.1.0"

@@ -113,6 +113,8 @@ def _pair_step(a, b, keep, sizes):
     perm_b = tuple(b.index(c) for c in batch + contract + cols)
     shape_a = (size(batch), size(rows), size(contract))
     shape_b = (size(batch), size(contract), size(cols))
+    if shape_a[0] == 1:  # no batch: a plain 2-D product is one BLAS call with less overhead
+        shape_a, shape_b = shape_a[1:], shape_b[1:]
     out = "".join(batch + rows + cols)
     out_shape = tuple(sizes[c] for c in out)
     return (sum_a, perm_a, shape_a, sum_b, perm_b, shape_b, out_shape), out

@@ -170,7 +170,7 @@ class Gelu(Function):
         xp = get_array_module(x)
         ctx.x, ctx.approximate = x, approximate
         if approximate == "tanh":
-            ctx.t = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3))
+            ctx.t = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * (x * x * x)))  # x*x*x: NumPy's x**3 is ~50x slower
             return 0.5 * x * (1 + ctx.t)
         ctx.cdf = 0.5 * (1 + erf(x * (1 / math.sqrt(2))))
         return x * ctx.cdf

@@ -1,0 +1,79 @@
+"""Multi-head attention: self-attention, cross-attention, grouped-query heads and a KV cache.
+
+    q = x Wq,  k = m Wk,  v = m Wv      m = x for self-attention, the encoder output for cross
+    split into heads: q (B, H, N, D), k and v (B, Hkv, M, D)
+    y = softmax(q k^T / sqrt(D) + mask) v, heads joined again, then y Wo
+With a KV cache, the keys and values of earlier tokens are kept, so decoding one more token
+costs one row of attention instead of re-running the whole sequence.
+"""
+from .. import ops
+from . import functional as F
+from .layers import Dropout, Linear
+from .module import Module
+from .positions import apply_rope
+
+
+class KVCache:
+    """Keys and values of the tokens processed so far, per attention layer, for incremental decoding.
+
+    `length` counts the tokens already processed (the position of the next one). Cross-attention
+    keys and values depend only on the encoder output, so they are computed once and kept.
+    """
+
+    def __init__(self):
+        self.length = 0
+        self._entries = {}
+
+    def update(self, key, k, v, static=False):
+        """Append k, v (B, Hkv, N, D) to what `key` holds (or keep them as-is when static);
+        returns all keys and values so far."""
+        if key in self._entries and not static:
+            k0, v0 = self._entries[key]
+            k, v = ops.concatenate([k0, k], axis=2), ops.concatenate([v0, v], axis=2)
+        self._entries[key] = (k, v)
+        return k, v
+
+    def get_static(self, key):
+        return self._entries.get(key)
+
+
+class MultiHeadAttention(Module):
+    def __init__(self, d_model, n_head, n_kv_head=None, bias=True, dropout=0.0, rope=False,
+                 window=None, proj_std=0.02, impl="auto"):
+        n_kv_head = n_kv_head or n_head
+        if d_model % n_head:
+            raise ValueError(f"d_model={d_model} is not divisible by n_head={n_head}")
+        if n_head % n_kv_head:
+            raise ValueError(f"n_head={n_head} is not divisible by n_kv_head={n_kv_head}")
+        self.n_head, self.n_kv_head, self.d_head = n_head, n_kv_head, d_model // n_head
+        self.rope, self.window, self.impl = rope, window, impl
+        self.q = Linear(d_model, n_head * self.d_head, bias)
+        self.kv = Linear(d_model, 2 * n_kv_head * self.d_head, bias)
+        self.out = Linear(n_head * self.d_head, d_model, bias, std=proj_std)
+        self.drop = Dropout(dropout)
+
+    def forward(self, x, memory=None, *, causal=False, mask=None, prefix=None, cache=None, start=0):
+        """x (B, N, d_model) -> (B, N, d_model). memory (B, M, d_model) makes it cross-attention;
+        mask (B, M) marks the keys that may be attended (False = padding)."""
+        B, N, _ = x.shape
+        H, Hkv, D = self.n_head, self.n_kv_head, self.d_head
+        cross = memory is not None
+        q = self.q(x).reshape(B, N, H, D).permute(0, 2, 1, 3)                   # (B, H, N, D)
+        cached = cache.get_static((self, cross)) if cache is not None and cross else None
+        if cached is not None:
+            k, v = cached
+        else:
+            source = memory if cross else x
+            M = source.shape[1]
+            kv = self.kv(source).reshape(B, M, 2, Hkv, D).permute(2, 0, 3, 1, 4)  # (2, B, Hkv, M, D)
+            k, v = kv[0], kv[1]
+            if self.rope and not cross:
+                q, k = apply_rope(q, start), apply_rope(k, start)
+            if cache is not None:
+                k, v = cache.update((self, cross), k, v, static=cross)
+        causal = causal and not cross  # window and prefix refine the causal mask
+        y = F.scaled_dot_product_attention(q, k, v, causal=causal, mask=mask,
+                                           window=self.window if causal else None,
+                                           prefix=prefix if causal else None, impl=self.impl)
+        y = y.permute(0, 2, 1, 3).reshape(B, N, H * D)                          # (B, N, d_model)
+        return self.drop(self.out(y))

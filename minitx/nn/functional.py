@@ -1,0 +1,58 @@
+"""Stateless versions of the layers: what a layer computes, given its weights as arguments."""
+from .. import kernels
+from ..autograd import Function
+from ..backend import to_device
+from ..ops import (cross_entropy, dropout, einsum, gelu, layer_norm, log_softmax, rms_norm, softmax,
+                   take)
+from ..tensor import Tensor
+
+__all__ = ["linear", "embedding", "layer_norm", "rms_norm", "dropout", "gelu", "softmax",
+           "log_softmax", "cross_entropy", "scaled_dot_product_attention"]
+
+
+def linear(x, weight, bias=None):
+    """x @ weight^T + bias, weight (d_out, d_in) as in the papers' W x; x (..., d_in) -> (..., d_out)."""
+    y = einsum("...i,oi->...o", x, weight)
+    return y if bias is None else y + bias
+
+
+def embedding(ids, weight):
+    """Rows of `weight` (vocab_size, d_model) for integer `ids` (...): (..., d_model)."""
+    return take(weight, ids, axis=0)
+
+
+class Attention(Function):
+    """softmax(q k^T * scale + mask) v as one op; forward and backward come from a kernel
+    (kernels/), which also returns the per-row log-sum-exp that backward needs."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, key_mask=None, **options):
+        o, lse = kernels.attention_forward(q, k, v, key_mask=key_mask, **options)
+        ctx.saved, ctx.key_mask, ctx.options = (q, k, v, o, lse), key_mask, options
+        return o
+
+    @staticmethod
+    def backward(ctx, grad):
+        dq, dk, dv = kernels.attention_backward(*ctx.saved, grad, key_mask=ctx.key_mask, **ctx.options)
+        return dq, dk, dv, None
+
+
+def scaled_dot_product_attention(q, k, v, *, causal=False, mask=None, window=None, prefix=None,
+                                 scale=None, impl="auto"):
+    """Attention of queries q (B, H, Nq, D) over keys k and values v (B, Hkv, Nk, D) -> (B, H, Nq, D).
+
+    Hkv must divide H: each group of H / Hkv query heads shares one key/value head (grouped-query
+    attention; Hkv = 1 is multi-query). Query i sits at position i + Nk - Nq, so a query decoded
+    against a KV cache sees everything before it.
+      causal=True   key j is visible to query i only if j <= i's position
+      mask          boolean (B, Nk), False for padding keys that no query may see
+      window=W      (with causal) only the W most recent keys, the query's own included
+      prefix=P      (with causal) keys j < P are visible to all queries: the prefix-LM mask,
+                    bidirectional over the first P tokens and causal after them
+    A query that sees no key at all gets zeros. `impl` picks the kernel: "auto" (the fused kernel
+    of the tensors' device), "fused" or "reference" (plain einsum + softmax).
+    """
+    if mask is not None:
+        mask = to_device(mask.data if isinstance(mask, Tensor) else mask, q.device)
+    return Attention.apply(q, k, v, mask, causal=causal, window=window, prefix=prefix, scale=scale,
+                           impl=impl)

@@ -1,0 +1,264 @@
+"""One Transformer block, one stack of them, and the three architectures built from it.
+
+    encoder-decoder  (Vaswani et al. 2017)  bidirectional encoder; a causal decoder whose every
+                     layer also cross-attends to the encoder's final layer
+    encoder-only     (BERT, Devlin et al. 2018)  a bidirectional stack; one vector per sequence
+                     (first token or mean) feeds a task head
+    decoder-only     (GPT, Radford et al. 2018)  one causal stack predicting the next token; a
+                     supervised task is input + target concatenated, the loss on the target only,
+                     and the prefix-LM mask (bidirectional over the input) is one argument away
+All three use the same Block; what differs is a handful of switches: the mask (causal or
+not), cross-attention on or off, and which parameters are shared.
+"""
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import numpy
+
+from .. import ops
+from ..tensor import Tensor
+from .attention import KVCache, MultiHeadAttention
+from .layers import MLP, NORMS, Dropout, Embedding, Linear, residual_std
+from .module import Module
+from .positions import POSITIONS, make_positions
+
+
+@dataclass
+class TransformerConfig:
+    vocab_size: int = 65
+    block_size: int = 64           # longest sequence (positions 0 .. block_size-1)
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: Optional[int] = None  # key/value heads; None = n_head, fewer = grouped-query
+    d_model: int = 128
+    d_ff: Optional[int] = None     # MLP width; None = 4 * d_model
+    dropout: float = 0.0
+    bias: bool = True
+    norm: str = "layer"            # "layer" | "rms"
+    norm_first: bool = True        # pre-LN (GPT-2); False = post-LN (the original Transformer)
+    pos: str = "learned"           # "learned" | "sinusoidal" | "rope"
+    mlp: str = "gelu"              # "gelu" | "swiglu"
+    window: Optional[int] = None   # sliding-window attention in causal layers
+    attention: str = "auto"        # attention kernel: "auto" | "fused" | "reference"
+
+    def __post_init__(self):
+        checks = [
+            (self.d_model % self.n_head == 0, f"d_model={self.d_model} is not divisible by n_head={self.n_head}"),
+            (self.n_head % (self.n_kv_head or self.n_head) == 0,
+             f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}"),
+            (self.norm in NORMS, f"unknown norm {self.norm!r}: expected one of {sorted(NORMS)}"),
+            (self.pos in POSITIONS, f"unknown pos {self.pos!r}: expected one of {list(POSITIONS)}"),
+            (self.mlp in ("gelu", "swiglu"), f"unknown mlp {self.mlp!r}: expected 'gelu' or 'swiglu'"),
+            (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
+            (min(self.vocab_size, self.block_size, self.n_layer, self.d_model) > 0,
+             "vocab_size, block_size, n_layer and d_model must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class Block(Module):
+    """Self-attention, then (optionally) cross-attention, then the MLP, each a residual branch.
+
+    share_cross_self: cross-attention reuses the self-attention's weights.
+    shared: another Block whose self-attention, MLP and norms this one reuses (parameter sharing
+    between an encoder layer and a decoder layer).
+    """
+
+    def __init__(self, cfg, cross_attn=False, share_cross_self=False, shared=None):
+        Norm = NORMS[cfg.norm]
+        proj_std = residual_std(cfg.n_layer)
+
+        def attention():
+            return MultiHeadAttention(cfg.d_model, cfg.n_head, cfg.n_kv_head, cfg.bias, cfg.dropout,
+                                      rope=cfg.pos == "rope", window=cfg.window, proj_std=proj_std,
+                                      impl=cfg.attention)
+        self.norm_first = cfg.norm_first
+        self.ln_attn = shared.ln_attn if shared else Norm(cfg.d_model, cfg.bias)
+        self.attn = shared.attn if shared else attention()
+        self.ln_mlp = shared.ln_mlp if shared else Norm(cfg.d_model, cfg.bias)
+        self.mlp = shared.mlp if shared else MLP(cfg.d_model, cfg.d_ff or 4 * cfg.d_model, cfg.mlp,
+                                                 cfg.bias, cfg.dropout, proj_std)
+        self.ln_cross = Norm(cfg.d_model, cfg.bias) if cross_attn else None
+        self.cross = (self.attn if share_cross_self else attention()) if cross_attn else None
+
+    def residual(self, x, norm, sublayer):
+        """pre-LN: x + f(norm(x));  post-LN: norm(x + f(x))."""
+        return x + sublayer(norm(x)) if self.norm_first else norm(x + sublayer(x))
+
+    def forward(self, x, *, causal, mask=None, prefix=None, memory=None, memory_mask=None,
+                cache=None, start=0):
+        x = self.residual(x, self.ln_attn, lambda h: self.attn(
+            h, causal=causal, mask=mask, prefix=prefix, cache=cache, start=start))
+        if self.cross is not None:
+            x = self.residual(x, self.ln_cross, lambda h: self.cross(h, memory, mask=memory_mask,
+                                                                     cache=cache))
+        return self.residual(x, self.ln_mlp, self.mlp)
+
+
+class Stack(Module):
+    """n_layer Blocks and, with pre-LN, a final norm."""
+
+    def __init__(self, cfg, cross_attn=False, share_cross_self=False, shared=None):
+        self.blocks = [Block(cfg, cross_attn, share_cross_self, shared.blocks[i] if shared else None)
+                       for i in range(cfg.n_layer)]
+        self.ln_final = NORMS[cfg.norm](cfg.d_model, cfg.bias) if cfg.norm_first else None
+
+    def forward(self, x, memories=None, every_layer=False, **kwargs):
+        """x (B, N, d_model) -> (B, N, d_model); `memories` has one encoder output per block.
+        every_layer=True returns the (final-normed) output of every block instead of the last."""
+        outputs = []
+        for i, block in enumerate(self.blocks):
+            x = block(x, memory=memories[i] if memories else None, **kwargs)
+            if every_layer or i == len(self.blocks) - 1:
+                outputs.append(self.ln_final(x) if self.ln_final else x)
+        return outputs if every_layer else outputs[-1]
+
+
+class Embedder(Module):
+    """Token ids (B, N) -> vectors (B, N, d_model): token embedding + positions, then dropout."""
+
+    def __init__(self, cfg, vocab_size):
+        self.vocab_size, self.block_size = vocab_size, cfg.block_size
+        self.tokens = Embedding(vocab_size, cfg.d_model)
+        self.positions = make_positions(cfg.pos, cfg.block_size, cfg.d_model)
+        self.drop = Dropout(cfg.dropout)
+
+    def forward(self, ids, start=0):
+        ids = ids.data if isinstance(ids, Tensor) else numpy.asarray(ids)
+        if ids.ndim != 2:
+            raise ValueError(f"token ids must be (batch, sequence), got shape {ids.shape}")
+        if start + ids.shape[1] > self.block_size:
+            raise ValueError(f"sequence of {start + ids.shape[1]} tokens is longer than "
+                             f"block_size={self.block_size}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got values from "
+                             f"{int(ids.min())} to {int(ids.max())}")
+        ids = Tensor(ids, device=self.tokens.weight.device)
+        return self.drop(self.positions(self.tokens(ids), start))
+
+    def logits(self, h):
+        """Scores over the vocabulary with the embedding matrix as output layer (tied weights)."""
+        return ops.einsum("bnd,vd->bnv", h, self.tokens.weight)
+
+
+def lm_loss(logits, targets, loss_mask=None):
+    """Next-token cross-entropy; positions where loss_mask is False (or targets are -100) don't count."""
+    targets = targets.data if isinstance(targets, Tensor) else numpy.asarray(targets)
+    if loss_mask is not None:
+        loss_mask = loss_mask.data if isinstance(loss_mask, Tensor) else numpy.asarray(loss_mask)
+        if loss_mask.shape != targets.shape:
+            raise ValueError(f"loss_mask of shape {loss_mask.shape} does not match targets {targets.shape}")
+        targets = numpy.where(loss_mask, targets, -100)
+    return ops.cross_entropy(logits, targets, ignore_index=-100)
+
+
+class DecoderOnly(Module):
+    """GPT: a causal stack over tokens, predicting each next token; output layer tied to the
+    token embedding."""
+
+    def __init__(self, cfg):
+        self.config = cfg
+        self.embed = Embedder(cfg, cfg.vocab_size)
+        self.stack = Stack(cfg)
+
+    def forward(self, ids, targets=None, *, loss_mask=None, prefix=None, mask=None, cache=None):
+        """ids (B, N) -> (logits (B, N, vocab_size), loss or None).
+
+        targets (B, N): the next tokens; loss_mask (B, N): count the loss only where True
+        (the target part of an input+target example); prefix=P: the first P tokens attend
+        bidirectionally (prefix LM); cache: a KVCache to decode incrementally.
+        """
+        start = cache.length if cache is not None else 0
+        h = self.stack(self.embed(ids, start), causal=True, prefix=prefix, mask=mask, cache=cache,
+                       start=start)
+        if cache is not None:
+            cache.length += h.shape[1]
+        logits = self.embed.logits(h)
+        return logits, (lm_loss(logits, targets, loss_mask) if targets is not None else None)
+
+
+class EncoderOnly(Module):
+    """BERT-style: a bidirectional stack, one pooled vector per sequence, a classification head."""
+
+    def __init__(self, cfg, n_classes, pool="first"):
+        if pool not in ("first", "mean"):
+            raise ValueError(f"unknown pool {pool!r}: expected 'first' or 'mean'")
+        self.config, self.pool = cfg, pool
+        self.embed = Embedder(cfg, cfg.vocab_size)
+        self.stack = Stack(cfg)
+        self.head = Linear(cfg.d_model, n_classes)
+
+    def forward(self, ids, labels=None, *, mask=None):
+        """ids (B, N), mask (B, N) True on real tokens -> (logits (B, n_classes), loss or None)."""
+        h = self.stack(self.embed(ids), causal=False, mask=mask)                # (B, N, d_model)
+        if self.pool == "first":
+            pooled = h[:, 0]
+        else:
+            m = numpy.ones(h.shape[:2], dtype=bool) if mask is None else _array(mask)
+            weights = Tensor(m / m.sum(axis=1, keepdims=True), dtype=h.dtype, device=h.device)   # (B, N)
+            pooled = ops.einsum("bnd,bn->bd", h, weights)
+        logits = self.head(pooled)
+        return logits, (ops.cross_entropy(logits, _array(labels)) if labels is not None else None)
+
+
+@dataclass
+class EncoderDecoderConfig(TransformerConfig):
+    src_vocab_size: Optional[int] = None  # None: the same vocabulary as the target
+    share_embeddings: bool = False        # one embedding table for input and target
+    share_cross_self: bool = False        # cross-attention reuses the self-attention weights
+    share_encoder_decoder: bool = False   # decoder layer i reuses encoder layer i's weights
+    cross_to: str = "final"               # "final": every decoder layer sees the last encoder
+                                          # layer; "same": layer i sees encoder layer i
+    encoder_causal: bool = False          # a causal encoder: with sharing, a decoder-only model
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.cross_to not in ("final", "same"):
+            raise ValueError(f"unknown cross_to {self.cross_to!r}: expected 'final' or 'same'")
+
+
+class EncoderDecoder(Module):
+    """The original Transformer: the encoder reads the input, the decoder writes the target,
+    cross-attending in every layer to the encoder's final layer."""
+
+    def __init__(self, cfg):
+        self.config = cfg
+        self.src_embed = Embedder(cfg, cfg.src_vocab_size or cfg.vocab_size)
+        self.tgt_embed = self.src_embed if cfg.share_embeddings else Embedder(cfg, cfg.vocab_size)
+        self.encoder = Stack(cfg)
+        self.decoder = Stack(cfg, cross_attn=True, share_cross_self=cfg.share_cross_self,
+                             shared=self.encoder if cfg.share_encoder_decoder else None)
+
+    def encode(self, src, src_mask=None):
+        """src (B, M) -> one memory (B, M, d_model) per decoder layer."""
+        outputs = self.encoder(self.src_embed(src), causal=self.config.encoder_causal, mask=src_mask,
+                               every_layer=self.config.cross_to == "same")
+        return outputs if self.config.cross_to == "same" else [outputs] * self.config.n_layer
+
+    def decode(self, tgt, memories, src_mask=None, cache=None):
+        """tgt (B, N) -> logits (B, N, vocab_size)."""
+        start = cache.length if cache is not None else 0
+        h = self.decoder(self.tgt_embed(tgt, start), memories, causal=True, memory_mask=src_mask,
+                         cache=cache, start=start)
+        if cache is not None:
+            cache.length += h.shape[1]
+        return self.tgt_embed.logits(h)
+
+    def forward(self, src, tgt, targets=None, *, src_mask=None):
+        logits = self.decode(tgt, self.encode(src, src_mask), src_mask)
+        return logits, (lm_loss(logits, targets) if targets is not None else None)
+
+
+def _array(x):
+    return x.data if isinstance(x, Tensor) else numpy.asarray(x)
+
+
+__all__ = ["TransformerConfig", "EncoderDecoderConfig", "Block", "Stack", "Embedder", "DecoderOnly",
+           "EncoderOnly", "EncoderDecoder", "KVCache", "lm_loss"]
