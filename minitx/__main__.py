@@ -1,0 +1,124 @@
+"""The command line: `python -m minitx train | sample | experiment`.
+
+A thin shell: argparse built from the TrainConfig dataclass, errors turned into one line and a
+non-zero exit, everything else in minitx.train / minitx.generate / minitx.experiments.
+"""
+import argparse
+import sys
+import typing
+from dataclasses import fields
+
+import numpy
+
+from . import backend, checkpoint
+from .train import PRESETS, TrainConfig, load_model, preset, train
+
+
+def _field_type(field):
+    """int for `int` and for `Optional[int]`, and so on."""
+    args = [a for a in typing.get_args(field.type) if a is not type(None)]
+    return args[0] if args else field.type
+
+
+def _none_or(kind):
+    return lambda text: None if text.lower() == "none" else kind(text)
+
+
+def add_config_flags(parser):
+    """One flag per TrainConfig field (--n-layer, --lr, --bias/--no-bias ...); unset flags are
+    None, so the preset's value stands."""
+    for field in fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        kind = _field_type(field)
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(flag, type=_none_or(kind), default=None, metavar=kind.__name__.upper(),
+                                help=f"(default {field.default})")
+
+
+def config_from_args(args):
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if getattr(args, f.name) is not None}
+    return preset(args.preset, **overrides)
+
+
+def cmd_train(args):
+    cfg = config_from_args(args)
+    summary = train(cfg, resume=args.resume, progress=not args.quiet)
+    if summary.get("interrupted"):
+        raise KeyboardInterrupt
+
+
+def cmd_sample(args):
+    model, tokenizer, meta = load_model(f"{args.run}/checkpoint.npz", args.device)
+    from .generate import generate
+    try:
+        prompt = tokenizer.encode(args.prompt)
+    except ValueError as error:
+        raise ValueError(f"prompt: {error}") from None
+    rng = numpy.random.default_rng(args.seed)
+    print(args.prompt, end="", flush=True)
+    ids, shown = [], ""
+    for token in generate(model, prompt, args.tokens, rng, args.temperature, args.top_k,
+                          use_cache=not args.no_cache):
+        ids.append(token)
+        text = tokenizer.decode(ids)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            print(text[len(shown):], end="", flush=True)
+            shown = text
+    print()
+
+
+def cmd_experiment(args):
+    from . import experiments
+    experiments.run(args.name, args.out_dir, device=args.device, size=args.size)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m minitx", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a decoder-only model on a text corpus")
+    p.add_argument("--preset", default="shakespeare-cpu", choices=sorted(PRESETS))
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint.npz")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_flags(p)
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("sample", help="generate text from a trained run")
+    p.add_argument("--run", required=True, help="the run directory (holding checkpoint.npz)")
+    p.add_argument("--prompt", default="\n")
+    p.add_argument("--tokens", type=int, default=500)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cache", action="store_true", help="re-run the whole context for every token")
+    p.add_argument("--device", default="cpu", choices=backend.DEVICES)
+    p.set_defaults(handler=cmd_sample)
+
+    p = sub.add_parser("experiment", help="run one of the experiments (arch, chat-cache, scaling)")
+    p.add_argument("name")
+    p.add_argument("--out-dir", default=None)
+    p.add_argument("--device", default="cpu", choices=backend.DEVICES)
+    p.add_argument("--size", default="default", choices=["toy", "default", "large"])
+    p.set_defaults(handler=cmd_experiment)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)  # each command's function, set by its subparser
+    except (ValueError, RuntimeError, FileNotFoundError, FileExistsError, checkpoint.CheckpointError,
+            FloatingPointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""Next-token training of a decoder-only model on a text corpus.
+
+    for step in range(max_iters):
+        lr = warmup then cosine decay          (optim.cosine_schedule)
+        x, y = a random batch of windows       (data.get_batch)
+        loss = cross_entropy(model(x), y)
+        loss.backward(); clip the gradient norm; AdamW step
+        every eval_interval steps: estimate train/val loss, write a checkpoint
+Everything a run needs to continue exactly (weights, optimizer moments, step, both random
+generators) goes into the checkpoint, so `--resume` picks up where it stopped, and Ctrl-C
+finishes the current step and saves before exiting.
+"""
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy
+
+from . import backend, checkpoint, data, nn, random
+from .autograd import no_grad
+from .generate import generate
+from .optim import AdamW, clip_grad_norm, cosine_schedule
+from .tokenizer import Tokenizer
+
+# fields that shape the model or its data: a checkpoint only resumes into a run that agrees on them
+MODEL_FIELDS = ("data", "tokenizer", "vocab_size", "n_layer", "n_head", "n_kv_head", "d_model",
+                "block_size", "bias", "norm", "pos", "mlp", "dtype")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: Optional[str] = None       # a UTF-8 text file; None = the bundled Tiny Shakespeare
+    tokenizer: str = "char"          # "char" or "bpe"
+    vocab_size: int = 512            # BPE vocabulary size (char: the corpus decides)
+    # model
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: Optional[int] = None
+    d_model: int = 128
+    block_size: int = 64
+    dropout: float = 0.0
+    bias: bool = True
+    norm: str = "layer"
+    pos: str = "learned"
+    mlp: str = "gelu"
+    attention: str = "auto"
+    # optimisation
+    batch_size: int = 12
+    max_iters: int = 2000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    beta1: float = 0.9
+    beta2: float = 0.99
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    # evaluation, output, machine
+    eval_interval: int = 250
+    eval_iters: int = 20             # batches per periodic estimate
+    full_eval: bool = True           # evaluate the whole validation split at the end
+    sample_tokens: int = 300         # text sampled at the end (0: none)
+    out_dir: str = "runs/shakespeare-cpu"
+    seed: int = 1337
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+PRESETS = {
+    "shakespeare-cpu": {},
+    "shakespeare-gpu": dict(n_layer=6, n_head=6, d_model=384, block_size=256, batch_size=64,
+                            max_iters=5000, dropout=0.2, device="cuda", eval_iters=200,
+                            eval_interval=500, out_dir="runs/shakespeare-gpu"),
+}
+
+
+def preset(name, **overrides):
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: expected one of {sorted(PRESETS)}")
+    return TrainConfig(**{**PRESETS[name], **overrides})
+
+
+def model_config(cfg, vocab_size):
+    return nn.TransformerConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
+                                n_head=cfg.n_head, n_kv_head=cfg.n_kv_head, d_model=cfg.d_model,
+                                dropout=cfg.dropout, bias=cfg.bias, norm=cfg.norm, pos=cfg.pos,
+                                mlp=cfg.mlp, attention=cfg.attention)
+
+
+class Run:
+    """A run directory: checkpoint.npz, metrics.jsonl, loss.png."""
+
+    def __init__(self, out_dir):
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint = self.dir / "checkpoint.npz"
+        self.metrics = self.dir / "metrics.jsonl"
+
+    def log(self, record):
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def records(self):
+        if not self.metrics.exists():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+    def truncate_after(self, step):
+        """Forget what was logged after the checkpoint a resumed run starts from (the resumed run
+        logs it again): training records past `step`, evaluations at or past it."""
+        kept = [r for r in self.records() if r["step"] < step or (r["step"] == step and "loss" in r)]
+        self.metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def save_state(run, cfg, model, opt, tokenizer, step, batch_rng):
+    arrays = {f"model/{name}": a for name, a in model.state_dict().items()}
+    optim = opt.state_dict()
+    for i, state in enumerate(optim.pop("state")):
+        arrays.update({f"optim/{i}/{k}": backend.to_device(v, "cpu") for k, v in state.items()})
+    checkpoint.save(run.checkpoint, arrays, {
+        "step": step, "config": asdict(cfg), "model_config": asdict(model.config),
+        "tokenizer": tokenizer.to_dict(), "optimizer": optim,
+        "rng": {"batches": batch_rng.bit_generator.state, "minitx": random.get_rng_state()}})
+
+
+def load_model(path, device="cpu"):
+    """(model, tokenizer, meta) from a checkpoint file, ready for sampling."""
+    meta, arrays = checkpoint.load(path)
+    model = nn.DecoderOnly(nn.TransformerConfig.from_dict(meta["model_config"]))
+    try:
+        model.load_state_dict(checkpoint.split_prefix(arrays, "model/"))
+    except ValueError as error:
+        raise checkpoint.CheckpointError(f"checkpoint {path} does not fit its own config: {error}")
+    return model.to(device), Tokenizer.from_dict(meta["tokenizer"]), meta
+
+
+def _restore(run, cfg, model, opt, batch_rng):
+    """Load the run's checkpoint into model, optimizer and generators; returns its step."""
+    meta, arrays = checkpoint.load(run.checkpoint)
+    saved = meta["config"]
+    differ = [f"{k}={saved.get(k)!r} (this run: {getattr(cfg, k)!r})" for k in MODEL_FIELDS
+              if saved.get(k) != getattr(cfg, k)]
+    if differ:
+        raise checkpoint.CheckpointError(f"checkpoint {run.checkpoint} comes from another config: "
+                                         + ", ".join(differ))
+    model.load_state_dict(checkpoint.split_prefix(arrays, "model/"))
+    optim = dict(meta["optimizer"])
+    optim["state"] = [checkpoint.split_prefix(arrays, f"optim/{i}/") for i in range(len(opt.params))]
+    opt.load_state_dict(optim)
+    batch_rng.bit_generator.state = meta["rng"]["batches"]
+    random.set_rng_state(meta["rng"]["minitx"])
+    return meta["step"]
+
+
+@no_grad()
+def estimate_loss(model, tokens, cfg, n_batches=None, seed=0):
+    """Mean loss over `n_batches` random batches, or over the whole split when n_batches is None."""
+    model.eval()
+    if n_batches is None:
+        batches = data.iter_eval_batches(tokens, cfg.batch_size, cfg.block_size)
+    else:
+        rng = numpy.random.default_rng(seed)
+        batches = (data.get_batch(tokens, cfg.batch_size, cfg.block_size, rng) for _ in range(n_batches))
+    total = count = 0
+    for x, y in batches:
+        total += model(x, y)[1].item() * y.size
+        count += y.size
+    model.train()
+    return total / count
+
+
+class _DeferredInterrupt:
+    """Turn the first Ctrl-C into a flag checked between steps (a second one stops at once)."""
+
+    def __enter__(self):
+        self.requested = False
+        self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+
+
+def train(cfg, resume=False, progress=True, say=print):
+    """Train per `cfg`; returns a summary dict (losses, timings, sample). See the module docstring."""
+    backend.check_device(cfg.device)
+    run = Run(cfg.out_dir)
+    if run.checkpoint.exists() and not resume:
+        raise FileExistsError(f"{run.checkpoint} exists: pass --resume to continue that run, "
+                              "or choose another --out-dir")
+    tokenizer = cfg.tokenizer
+    if resume:
+        tokenizer = Tokenizer.from_dict(checkpoint.load(run.checkpoint)[0]["tokenizer"])
+    tokenizer, train_tokens, val_tokens = data.prepare(cfg.data, tokenizer, cfg.vocab_size)
+    for name, split in (("training", train_tokens), ("validation", val_tokens)):
+        if len(split) < cfg.block_size + 1:
+            raise ValueError(f"the {name} split has {len(split)} tokens, fewer than one window of "
+                             f"block_size + 1 = {cfg.block_size + 1}; use a longer corpus or a smaller block_size")
+
+    random.manual_seed(cfg.seed)
+    model = nn.DecoderOnly(model_config(cfg, tokenizer.vocab_size)).to(cfg.device, cfg.dtype)
+    opt = AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    batch_rng = numpy.random.default_rng(cfg.seed)
+    step = _restore(run, cfg, model, opt, batch_rng) if resume else 0
+    if resume:
+        run.truncate_after(step)
+        say(f"resuming {run.checkpoint} at step {step}")
+    n_params = model.n_params()
+    # FLOPs per token, forward and backward: 6 per parameter, plus attention's 12 * layers * d * T
+    flops_per_token = 6 * n_params + 12 * cfg.n_layer * cfg.d_model * cfg.block_size
+    say(f"model: {n_params:,} parameters, vocab {tokenizer.vocab_size}, {len(train_tokens):,} training "
+        f"tokens, device {cfg.device}")
+
+    bar = _progress(cfg.max_iters, step, progress)
+    tokens_per_step = cfg.batch_size * cfg.block_size
+    started, interrupted = time.perf_counter(), False
+    step_times = []
+    with _DeferredInterrupt() as interrupt:
+        while step < cfg.max_iters and not interrupt.requested:
+            if step % cfg.eval_interval == 0:
+                _evaluate(run, cfg, model, train_tokens, val_tokens, step, say if not progress else bar.write)
+                save_state(run, cfg, model, opt, tokenizer, step, batch_rng)
+            t0 = time.perf_counter()
+            opt.lr = cosine_schedule(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup_iters,
+                                     total=cfg.max_iters)
+            x, y = data.get_batch(train_tokens, cfg.batch_size, cfg.block_size, batch_rng)
+            loss = model(x, y)[1]
+            opt.zero_grad()
+            loss.backward()
+            grad_norm = clip_grad_norm(model.parameters(), cfg.grad_clip) if cfg.grad_clip else None
+            opt.step()
+            loss = loss.item()  # waits for the GPU, so the step time below is real
+            dt = time.perf_counter() - t0
+            step += 1
+            step_times.append(dt)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} at step {step}; try a lower --lr")
+            run.log({"step": step, "loss": loss, "lr": opt.lr, "grad_norm": grad_norm, "ms": 1e3 * dt})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_step / dt:,.0f}")
+        interrupted = interrupt.requested
+    bar.close()
+    save_state(run, cfg, model, opt, tokenizer, step, batch_rng)
+    if interrupted:
+        say(f"interrupted at step {step}: checkpoint saved to {run.checkpoint}; "
+            "continue with --resume")
+        return {"interrupted": True, "step": step}
+
+    summary = {"step": step, "wall_s": time.perf_counter() - started,
+               "ms_per_iter": 1e3 * float(numpy.median(step_times)) if step_times else None,
+               "n_params": n_params, "flops_per_token": flops_per_token}
+    summary.update(_evaluate(run, cfg, model, train_tokens, val_tokens, step, say,
+                             full=cfg.full_eval))
+    if summary["ms_per_iter"]:
+        say(f"{step} iterations in {summary['wall_s']:.1f} s, {summary['ms_per_iter']:.1f} ms/iter "
+            f"(median), {flops_per_token * tokens_per_step / summary['ms_per_iter'] / 1e6:.2f} GFLOP/s")
+    plot_losses(run)
+    if cfg.sample_tokens:
+        rng = numpy.random.default_rng(cfg.seed)
+        prompt = tokenizer.encode("\n")
+        text = tokenizer.decode(list(generate(model, prompt, cfg.sample_tokens, rng, 0.8, 200)))
+        say("---- sample ----\n" + text)
+        summary["sample"] = text
+    (run.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _evaluate(run, cfg, model, train_tokens, val_tokens, step, say, full=False):
+    """Log train/val loss: estimates from eval_iters batches, or the whole val split if full."""
+    if full:
+        losses = {"val_loss_full": estimate_loss(model, val_tokens, cfg)}
+    else:
+        losses = {name: estimate_loss(model, tokens, cfg, cfg.eval_iters, seed=cfg.seed + step)
+                  for name, tokens in (("train_loss", train_tokens), ("val_loss", val_tokens))}
+    run.log({"step": step, **losses})
+    say(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+    return losses
+
+
+def _progress(total, initial, enabled):
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="it", dynamic_ncols=True)
+
+
+def plot_losses(run):
+    """loss.png: training loss per step and the periodic train/val estimates."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    records = run.records()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [r for r in records if "loss" in r]
+    ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.6, alpha=0.5, label="train (batch)")
+    for key in ("train_loss", "val_loss"):
+        points = [r for r in records if key in r]
+        ax.plot([r["step"] for r in points], [r[key] for r in points], "o-", ms=3, label=key.replace("_", " "))
+    full = [r for r in records if "val_loss_full" in r]
+    if full:
+        ax.axhline(full[-1]["val_loss_full"], ls="--", c="k", lw=0.8,
+                   label=f"val (full split) {full[-1]['val_loss_full']:.3f}")
+    ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", title=str(run.dir))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run.dir / "loss.png", dpi=120)
+    plt.close(fig)
+
