@@ -121,7 +121,7 @@ class Concatenate(Function):
     def forward(ctx, *arrays, axis=0):
         xp = get_array_module(*arrays)
         ctx.axis = axis
-        ctx.bounds = numpy.cumsum([a.shape[axis] for a in arrays])[:-1]
+        ctx.bounds = numpy.cumsum([a.shape[axis] for a in arrays])[:-1].tolist()
         return xp.concatenate(arrays, axis=axis)
 
     @staticmethod
