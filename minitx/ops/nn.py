@@ -102,11 +102,13 @@ class Normalize(Function):
                              f"axis of {x.shape}")
         if center:
             x = x - x.mean(axis=-1, keepdims=True)
-        rstd = 1 / xp.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)
+        rstd = 1 / xp.sqrt(xp.square(x).mean(axis=-1, keepdims=True) + eps)
         xhat = x * rstd
         ctx.xhat, ctx.rstd, ctx.weight, ctx.center = xhat, rstd, weight, center
         y = xhat if weight is None else xhat * weight
-        return y if bias is None else y + bias
+        if bias is not None:  # in place, unless y is xhat (which backward needs as it is)
+            y = y + bias if y is xhat else xp.add(y, bias, out=y)
+        return y
 
     @staticmethod
     def backward(ctx, grad):
@@ -117,10 +119,12 @@ class Normalize(Function):
         dxhat = grad if ctx.weight is None else grad * ctx.weight
         # xhat = (x - mu) * rstd: dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat));
         # RMS norm has no mean to subtract, so no mean(dxhat) term
-        dx = dxhat - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
+        dx = xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
+        get_array_module(dx).subtract(dxhat, dx, out=dx)
         if ctx.center:
-            dx = dx - dxhat.mean(axis=-1, keepdims=True)
-        return ctx.rstd * dx, dweight, dbias
+            dx -= dxhat.mean(axis=-1, keepdims=True)
+        dx *= ctx.rstd
+        return dx, dweight, dbias
 
 
 class Dropout(Function):
