@@ -241,8 +241,9 @@ def test_kv_cache_decoding_equals_full_forward(variant):
     x = ids(2, 9)
     full = model(x)[0].numpy()
     cache = nn.KVCache()
-    pieces = [model(x[:, :4], cache=cache)[0].numpy()]          # a prompt, then one token at a time
-    pieces += [model(x[:, t:t + 1], cache=cache)[0].numpy() for t in range(4, 9)]
+    with mx.no_grad():
+        pieces = [model(x[:, :4], cache=cache)[0].numpy()]      # a prompt, then one token at a time
+        pieces += [model(x[:, t:t + 1], cache=cache)[0].numpy() for t in range(4, 9)]
     np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, rtol=1e-10, atol=1e-10)
 
 
@@ -253,8 +254,14 @@ def test_kv_cache_decoding_of_encoder_decoder_equals_full_forward():
     memories = model.encode(src, src_mask)
     full = model.decode(tgt, memories, src_mask).numpy()
     cache = nn.KVCache()
-    steps = [model.decode(tgt[:, t:t + 1], memories, src_mask, cache=cache).numpy() for t in range(5)]
+    with mx.no_grad():
+        steps = [model.decode(tgt[:, t:t + 1], memories, src_mask, cache=cache).numpy() for t in range(5)]
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-10, atol=1e-10)
+
+
+def test_kv_cache_refuses_to_record_gradients():
+    with pytest.raises(RuntimeError, match="no_grad"):
+        nn.DecoderOnly(tiny())(ids(1, 3), cache=nn.KVCache())
 
 
 # --- bad input --------------------------------------------------------------------------------------

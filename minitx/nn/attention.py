@@ -6,7 +6,9 @@
 With a KV cache, the keys and values of earlier tokens are kept, so decoding one more token
 costs one row of attention instead of re-running the whole sequence.
 """
-from .. import ops
+from ..autograd import is_grad_enabled
+from ..backend import get_array_module
+from ..tensor import Tensor
 from . import functional as F
 from .layers import Dropout, Linear
 from .module import Module
@@ -16,22 +18,37 @@ from .positions import apply_rope
 class KVCache:
     """Keys and values of the tokens processed so far, per attention layer, for incremental decoding.
 
-    `length` counts the tokens already processed (the position of the next one). Cross-attention
-    keys and values depend only on the encoder output, so they are computed once and kept.
+    `length` counts the tokens already processed (the position of the next one). Each layer's
+    keys and values live in a buffer that doubles when full, so appending a token writes one
+    position instead of copying the whole history. Cross-attention keys and values depend only
+    on the encoder output, so they are computed once and kept. The cache is for inference: it
+    holds plain arrays outside the graph, so it must be used under `minitx.no_grad()`.
     """
 
     def __init__(self):
         self.length = 0
-        self._entries = {}
+        self._entries = {}  # key -> (k buffer, v buffer, positions filled) or a static (k, v)
 
     def update(self, key, k, v, static=False):
-        """Append k, v (B, Hkv, N, D) to what `key` holds (or keep them as-is when static);
+        """Append k, v (B, Hkv, N, D) to what `key` holds (or keep them as they are when static);
         returns all keys and values so far."""
-        if key in self._entries and not static:
-            k0, v0 = self._entries[key]
-            k, v = ops.concatenate([k0, k], axis=2), ops.concatenate([v0, v], axis=2)
-        self._entries[key] = (k, v)
-        return k, v
+        if is_grad_enabled():
+            raise RuntimeError("KVCache is for inference: run the model under minitx.no_grad()")
+        if static:
+            self._entries[key] = (k, v)
+            return k, v
+        kbuf, vbuf, n = self._entries.get(key, (None, None, 0))
+        new = k.shape[2]
+        if kbuf is None or n + new > kbuf.shape[2]:
+            xp = get_array_module(k.data)
+            capacity = max(2 * (n + new), 16)
+            grown = [xp.empty(k.shape[:2] + (capacity,) + k.shape[3:], k.dtype) for _ in range(2)]
+            if kbuf is not None:
+                grown[0][:, :, :n], grown[1][:, :, :n] = kbuf[:, :, :n], vbuf[:, :, :n]
+            kbuf, vbuf = grown
+        kbuf[:, :, n:n + new], vbuf[:, :, n:n + new] = k.data, v.data
+        self._entries[key] = (kbuf, vbuf, n + new)
+        return Tensor._make(kbuf[:, :, :n + new], False, None), Tensor._make(vbuf[:, :, :n + new], False, None)
 
     def get_static(self, key):
         return self._entries.get(key)
