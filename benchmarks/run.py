@@ -49,11 +49,11 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import minitx  # noqa: E402  (first: its thread settings must precede NumPy's, numba's and torch's)
 import numba  # noqa: E402
 import numpy  # noqa: E402
 import torch  # noqa: E402
 
-import minitx  # noqa: E402
 from minitx import nn  # noqa: E402
 from minitx.optim import AdamW  # noqa: E402
 from minitx.train import model_config, preset  # noqa: E402
