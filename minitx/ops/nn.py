@@ -4,7 +4,8 @@ Each could be composed from the primitives; written as one op with a hand-derive
 it is numerically stable (no overflow for logits of 1e4) and saves a dozen graph nodes.
 """
 from ..autograd import Function
-from ..backend import get_array_module, device_of
+from ..backend import device_of, get_array_module
+from .elementwise import fused_cpu
 from ..random import uniform_array
 
 
@@ -85,45 +86,55 @@ class CrossEntropy(Function):
         return d.reshape(ctx.shape), None
 
 
-class Normalize(Function):
-    """Layer norm (center=True) or RMS norm (center=False) over the last axis, with optional
-    elementwise weight and bias.
+def normalize(x, weight, bias, eps, center):
+    """(y, xhat, rstd) of layer norm (center=True) or RMS norm (center=False) over the last axis:
 
         layer norm: xhat = (x - mean(x)) / sqrt(var(x) + eps)
         RMS norm:   xhat = x / sqrt(mean(x^2) + eps)
-        y = xhat * weight + bias
+        y = xhat * weight + bias                   (weight, bias optional)
     """
+    xp = get_array_module(x)
+    if center:
+        x = x - x.mean(axis=-1, keepdims=True)
+    rstd = 1 / xp.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)
+    xhat = x * rstd
+    y = xhat if weight is None else xhat * weight
+    return (y if bias is None else y + bias), xhat, rstd
+
+
+def normalize_grad(grad, xhat, rstd, weight, center):
+    """dL/dx of `normalize`: with dxhat = grad * weight,
+    dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)); RMS norm has no mean(dxhat)."""
+    dxhat = grad if weight is None else grad * weight
+    dx = dxhat - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
+    if center:
+        dx = dx - dxhat.mean(axis=-1, keepdims=True)
+    return rstd * dx
+
+
+class Normalize(Function):
+    """Layer norm or RMS norm (see `normalize`) as one op: fused numba kernels on the CPU, the
+    array code above on the GPU."""
 
     @staticmethod
     def forward(ctx, x, weight=None, bias=None, eps=1e-5, center=True):
-        xp = get_array_module(x)
         if weight is not None and weight.shape != x.shape[-1:]:
             raise ValueError(f"normalisation weight of shape {weight.shape} does not match the last "
                              f"axis of {x.shape}")
-        if center:
-            x = x - x.mean(axis=-1, keepdims=True)
-        rstd = 1 / xp.sqrt(xp.square(x).mean(axis=-1, keepdims=True) + eps)
-        xhat = x * rstd
-        ctx.xhat, ctx.rstd, ctx.weight, ctx.center = xhat, rstd, weight, center
-        y = xhat if weight is None else xhat * weight
-        if bias is not None:  # in place, unless y is xhat (which backward needs as it is)
-            y = y + bias if y is xhat else xp.add(y, bias, out=y)
+        fused = fused_cpu(x)
+        y, ctx.xhat, ctx.rstd = (fused.normalize if fused else normalize)(x, weight, bias, eps, center)
+        ctx.weight, ctx.center = weight, center
         return y
 
     @staticmethod
     def backward(ctx, grad):
         xhat, needs = ctx.xhat, ctx.needs_grad
-        reduce = tuple(range(grad.ndim - 1))
-        dweight = (grad * xhat).sum(axis=reduce) if len(needs) > 1 and needs[1] else None
-        dbias = grad.sum(axis=reduce) if len(needs) > 2 and needs[2] else None
-        dxhat = grad if ctx.weight is None else grad * ctx.weight
-        # xhat = (x - mu) * rstd: dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat));
-        # RMS norm has no mean to subtract, so no mean(dxhat) term
-        dx = xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
-        get_array_module(dx).subtract(dxhat, dx, out=dx)
-        if ctx.center:
-            dx -= dxhat.mean(axis=-1, keepdims=True)
-        dx *= ctx.rstd
+        fused = fused_cpu(xhat)
+        dx = (fused.normalize_grad if fused else normalize_grad)(grad, xhat, ctx.rstd, ctx.weight,
+                                                                 ctx.center)
+        rows = tuple(range(grad.ndim - 1))
+        dweight = (grad * xhat).sum(axis=rows) if len(needs) > 1 and needs[1] else None
+        dbias = grad.sum(axis=rows) if len(needs) > 2 and needs[2] else None
         return dx, dweight, dbias
 
 

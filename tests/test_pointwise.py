@@ -1,0 +1,49 @@
+"""The fused CPU kernels for GELU and normalisation against the array code they replace."""
+import numpy as np
+import pytest
+
+from minitx.kernels import numba_pointwise as fused
+from minitx.ops import elementwise, nn as nn_ops
+
+SHAPES = [(1,), (7,), (3, 5), (2, 3, 129)]
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 2e-5)])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_gelu_kernels_match_the_array_code(shape, dtype, rtol):
+    rng = np.random.default_rng(0)
+    x = (3 * rng.standard_normal(shape)).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    y, t = fused.gelu_tanh_forward(x)
+    y_ref, t_ref = elementwise.gelu_tanh_forward(x)
+    np.testing.assert_allclose(y, y_ref, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(fused.gelu_tanh_grad(x, t, g), elementwise.gelu_tanh_grad(x, t_ref, g),
+                               rtol=rtol, atol=rtol)
+    assert y.dtype == x.dtype
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-11), ("float32", 1e-4)])
+@pytest.mark.parametrize("center", [True, False], ids=["layer", "rms"])
+@pytest.mark.parametrize("affine", ["weight_bias", "weight", "none"])
+@pytest.mark.parametrize("shape", SHAPES[1:], ids=str)
+def test_normalize_kernels_match_the_array_code(shape, affine, center, dtype, rtol):
+    rng = np.random.default_rng(1)
+    d = shape[-1]
+    x = (1 + 0.01 * rng.standard_normal(shape)).astype(dtype)   # small variance: the hard case
+    g = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal(d).astype(dtype) if affine != "none" else None
+    b = rng.standard_normal(d).astype(dtype) if affine == "weight_bias" else None
+    got, expected = fused.normalize(x, w, b, 1e-5, center), nn_ops.normalize(x, w, b, 1e-5, center)
+    for a, e in zip(got, expected):
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol)
+    xhat, rstd = expected[1:]
+    np.testing.assert_allclose(fused.normalize_grad(g, xhat, rstd, w, center),
+                               nn_ops.normalize_grad(g, xhat, rstd, w, center),
+                               rtol=rtol, atol=rtol * float(rstd.max()))
+
+
+def test_kernels_accept_non_contiguous_inputs():
+    x = np.random.default_rng(2).standard_normal((6, 8)).T
+    np.testing.assert_allclose(fused.gelu_tanh_forward(x)[0], elementwise.gelu_tanh_forward(x)[0], rtol=1e-12)
+    np.testing.assert_allclose(fused.normalize(x, None, None, 1e-5, True)[0],
+                               nn_ops.normalize(x, None, None, 1e-5, True)[0], rtol=1e-11, atol=1e-12)
