@@ -1,0 +1,458 @@
+"""Attention kernels: the reference against a plain loop and finite differences, every fused
+kernel against the reference, bad inputs, dispatch, and the CUDA source through nvcc."""
+import ctypes
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from minitx import backend, kernels
+from minitx.kernels import cupy_attention, numba_attention, reference
+
+GPU = backend.cuda_available()
+FUSED = [   # (fused kernel module, device of its arrays)
+    pytest.param((numba_attention, "cpu"), id="numba"),
+    pytest.param((cupy_attention, "cuda"), id="cupy",
+                 marks=[pytest.mark.gpu,
+                        pytest.mark.skipif(not GPU, reason="needs cupy and a GPU")]),
+]
+MODULES = [reference, numba_attention, cupy_attention]
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+def key_mask_with_padding(B, Nk, rng):
+    """Right-padded key mask: batch row 0 keeps ~2/3 of its keys, the last row is all padding."""
+    mask = np.ones((B, Nk), dtype=bool)
+    mask[0, max(1, 2 * Nk // 3):] = False
+    mask[-1] = False
+    if B > 2:
+        mask[1, rng.integers(0, Nk, size=Nk // 4)] = False   # scattered holes too
+    return mask
+
+
+def make_inputs(B, H, Hkv, Nq, Nk, D, dtype=np.float64, seed=0, noncontiguous=False,
+                spread=1.0):
+    """q, k, v, do; with noncontiguous=True they are strided views, not fresh arrays."""
+    rng = np.random.default_rng(seed)
+
+    def draw(heads, n):
+        if noncontiguous:   # (B, N, H, 2D) storage viewed as (B, H, N, D): permuted and strided
+            storage = rng.standard_normal((B, n, heads, 2 * D)).astype(dtype)
+            return storage.transpose(0, 2, 1, 3)[..., ::2]
+        return rng.standard_normal((B, heads, n, D)).astype(dtype)
+
+    q, k, v, do = draw(H, Nq) * dtype(spread), draw(Hkv, Nk), draw(Hkv, Nk), draw(H, Nq)
+    return q, k, v, do
+
+
+# name, (B, H, Hkv, Nq, Nk, D), options; key_mask=True means "use key_mask_with_padding"
+CASES = [
+    ("plain", (2, 4, 4, 37, 37, 16), dict()),
+    ("causal", (2, 4, 4, 130, 130, 16), dict(causal=True)),
+    ("padding", (3, 2, 2, 70, 70, 8), dict(key_mask=True)),
+    ("causal-padding", (3, 2, 2, 70, 70, 8), dict(causal=True, key_mask=True)),
+    ("cross-Nq<Nk", (2, 2, 2, 23, 130, 16), dict()),
+    ("cross-Nq>Nk", (2, 2, 2, 130, 23, 16), dict(key_mask=True)),
+    ("causal-Nq<Nk", (2, 2, 2, 23, 130, 16), dict(causal=True)),
+    ("causal-Nq>Nk", (2, 2, 2, 130, 23, 16), dict(causal=True)),   # early rows see no key
+    ("window", (2, 2, 2, 130, 130, 16), dict(causal=True, window=20)),
+    ("window-prefix-padding", (3, 2, 1, 100, 100, 8), dict(causal=True, window=7, prefix=30,
+                                                           key_mask=True)),
+    ("prefix", (2, 2, 2, 130, 130, 16), dict(causal=True, prefix=70)),
+    ("window-prefix>N", (1, 2, 2, 40, 40, 8), dict(causal=True, window=10**12, prefix=10**12)),
+    ("gqa-4:2", (2, 4, 2, 70, 70, 16), dict(causal=True)),
+    ("gqa-4:1", (2, 4, 1, 70, 90, 16), dict(key_mask=True)),
+    ("odd-D", (1, 3, 3, 67, 67, 7), dict(causal=True, scale=0.3)),
+    ("N=1", (2, 2, 2, 1, 1, 16), dict(causal=True)),
+    ("decode", (2, 4, 2, 1, 70, 16), dict(causal=True, key_mask=True)),   # one query, KV cache
+    ("large-scores", (1, 2, 2, 70, 70, 16), dict(causal=True, spread=40.0)),
+]
+
+
+def case_inputs(shape, options, dtype, noncontiguous=False, seed=0):
+    options = dict(options)
+    spread = options.pop("spread", 1.0)
+    q, k, v, do = make_inputs(*shape, dtype=dtype, seed=seed, noncontiguous=noncontiguous,
+                              spread=spread)
+    if options.get("key_mask"):
+        options["key_mask"] = key_mask_with_padding(shape[0], shape[4], np.random.default_rng(1))
+    return (q, k, v, do), options
+
+
+def assert_close(actual, expected, dtype, name):
+    """float64: 1e-10 relative or absolute. float32: 1e-4 relative; an entry near zero is judged
+    against max(1, largest entry), since float32 rounds relative to the O(1) numbers summed."""
+    if dtype == np.float64:
+        tol = dict(rtol=1e-10, atol=1e-10)
+    else:
+        finite = expected[np.isfinite(expected)]
+        tol = dict(rtol=1e-4, atol=1e-4 * np.abs(finite).max(initial=1))
+    assert actual.dtype == dtype, f"{name}: dtype {actual.dtype}, expected {dtype}"
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    np.testing.assert_allclose(actual, expected, err_msg=name, **tol)
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference against a plain loop, written from the rules with no shared code
+
+def loop_attention(q, k, v, causal=False, key_mask=None, window=None, prefix=None, scale=None):
+    B, H, Nq, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    scale = 1 / math.sqrt(D) if scale is None else scale
+    o = np.zeros(q.shape)
+    lse = np.full((B, H, Nq), -np.inf)
+    for b in range(B):
+        for h in range(H):
+            kv = h // (H // Hkv)
+            for i in range(Nq):
+                pos = i + Nk - Nq
+                keys = []
+                for j in range(Nk):
+                    if key_mask is not None and not key_mask[b, j]:
+                        continue
+                    if causal:
+                        in_window = j <= pos and (window is None or j > pos - window)
+                        in_prefix = prefix is not None and j < prefix
+                        if not (in_window or in_prefix):
+                            continue
+                    keys.append(j)
+                if not keys:
+                    continue
+                s = np.array([scale * np.dot(q[b, h, i], k[b, kv, j]) for j in keys])
+                w = np.exp(s - s.max())
+                lse[b, h, i] = s.max() + math.log(w.sum())
+                o[b, h, i] = (w / w.sum()) @ v[b, kv, keys]
+    return o, lse
+
+
+LOOP_CASES = [
+    ("plain", (2, 2, 2, 9, 9, 4), dict()),
+    ("causal-cross", (2, 2, 2, 5, 11, 4), dict(causal=True)),
+    ("causal-Nq>Nk", (1, 2, 2, 11, 5, 4), dict(causal=True)),
+    ("window-prefix-padding", (3, 4, 2, 12, 12, 4), dict(causal=True, window=3, prefix=4,
+                                                         key_mask=True)),
+    ("gqa-padding", (3, 4, 1, 6, 10, 4), dict(key_mask=True, scale=0.7)),
+    ("large-scores", (1, 2, 2, 8, 8, 4), dict(causal=True, spread=300.0)),
+]
+
+
+@pytest.mark.parametrize("name, shape, options", LOOP_CASES, ids=[c[0] for c in LOOP_CASES])
+def test_reference_matches_loop(name, shape, options):
+    (q, k, v, _), options = case_inputs(shape, options, np.float64)
+    o, lse = reference.attention_forward(q, k, v, **options)
+    o_loop, lse_loop = loop_attention(q, k, v, **options)
+    assert np.isfinite(o).all()
+    np.testing.assert_allclose(o, o_loop, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(lse, lse_loop, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(causal=True, window=2, prefix=1, key_mask=True),
+                                     dict(causal=True)], ids=["plain", "masked", "causal-Nq>Nk"])
+def test_reference_backward_matches_finite_differences(options):
+    """Full Jacobian of L = sum(o * do) by central differences, float64, small sizes."""
+    B, H, Hkv, Nq, Nk, D = (2, 2, 1, 4, 4, 3) if "key_mask" in options else (1, 2, 1, 5, 3, 3)
+    (q, k, v, do), options = case_inputs((B, H, Hkv, Nq, Nk, D), options, np.float64, seed=3)
+    o, lse = reference.attention_forward(q, k, v, **options)
+    grads = reference.attention_backward(q, k, v, o, lse, do, **options)
+    eps = 1e-6
+    for name, x, grad in zip("qkv", (q, k, v), grads):
+        numeric = np.zeros_like(x)
+        for index in np.ndindex(x.shape):
+            saved = x[index]
+            x[index] = saved + eps
+            plus = np.sum(reference.attention_forward(q, k, v, **options)[0] * do)
+            x[index] = saved - eps
+            minus = np.sum(reference.attention_forward(q, k, v, **options)[0] * do)
+            x[index] = saved
+            numeric[index] = (plus - minus) / (2 * eps)
+        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8, err_msg=f"d{name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# fused kernels against the reference
+
+def run_both(implementation, inputs, options):
+    """Reference results and those of `implementation` = (module, device): (o, lse, dq, dk, dv)
+    each, as numpy arrays."""
+    module, device = implementation
+    q, k, v, do = inputs
+    o, lse = reference.attention_forward(q, k, v, **options)
+    expected = (o, lse) + reference.attention_backward(q, k, v, o, lse, do, **options)
+    q, k, v, do = (backend.to_device(a, device) for a in inputs)
+    if options.get("key_mask") is not None:
+        options = dict(options, key_mask=backend.to_device(options["key_mask"], device))
+    o, lse = module.attention_forward(q, k, v, **options)
+    actual = (o, lse) + tuple(module.attention_backward(q, k, v, o, lse, do, **options))
+    return expected, [backend.to_device(a, "cpu") for a in actual]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name, shape, options", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("implementation", FUSED)
+def test_fused_matches_reference(implementation, name, shape, options, dtype):
+    inputs, options = case_inputs(shape, options, dtype)
+    expected, actual = run_both(implementation, inputs, options)
+    for label, a, e in zip(("o", "lse", "dq", "dk", "dv"), actual, expected):
+        assert not np.isnan(a).any(), f"{label} has NaN"
+        assert_close(a, e, dtype, label)
+
+
+@pytest.mark.parametrize("implementation", FUSED)
+def test_fused_noncontiguous_inputs(implementation):
+    inputs, options = case_inputs((2, 4, 2, 70, 70, 16), dict(causal=True, key_mask=True),
+                                  np.float64, noncontiguous=True)
+    assert not inputs[0].flags.c_contiguous and not inputs[1].flags.c_contiguous
+    expected, actual = run_both(implementation, inputs, options)
+    for label, a, e in zip(("o", "lse", "dq", "dk", "dv"), actual, expected):
+        assert_close(a, e, np.float64, label)
+
+
+@pytest.mark.parametrize("implementation", [pytest.param((reference, "cpu"), id="reference")]
+                         + FUSED)
+def test_rows_without_keys_are_zero(implementation):
+    """Fully padded batch row and causal queries before the first key: o = 0, lse = -inf,
+    zero gradients, and no NaN anywhere."""
+    (q, k, v, do), _ = case_inputs((2, 2, 2, 9, 6, 4), dict(), np.float64)
+    mask = np.ones((2, 6), dtype=bool)
+    mask[1] = False
+    _, actual = run_both(implementation, (q, k, v, do), dict(causal=True, key_mask=mask))
+    o, lse, dq, dk, dv = actual
+    assert not any(np.isnan(a).any() for a in actual)
+    hidden = np.zeros((2, 2, 9), dtype=bool)
+    hidden[1] = True                    # every query of batch row 1
+    hidden[:, :, :3] = True             # queries 0..2 sit at positions -3..-1
+    assert (lse[hidden] == -np.inf).all() and np.isfinite(lse[~hidden]).all()
+    assert (o[hidden] == 0).all() and (dq[hidden] == 0).all()
+    assert (dk[1] == 0).all() and (dv[1] == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# bad inputs: the same ValueError from every implementation (validation happens before any
+# kernel or cupy is touched)
+
+def _bad(q=(2, 4, 8, 16), k=(2, 2, 8, 16), v=None, **options):
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(s) for s in (q, k, v or k)]
+    return arrays, options
+
+
+BAD = [
+    ("rank", _bad(q=(4, 8, 16)), "rank 4"),
+    ("k-v-shape", _bad(v=(2, 2, 9, 16)), "same shape"),
+    ("batch", _bad(k=(3, 2, 8, 16)), "batch size"),
+    ("head-size", _bad(k=(2, 2, 8, 15)), "head size"),
+    ("heads", _bad(k=(2, 3, 8, 16)), "multiple"),
+    ("mask-shape", _bad(key_mask=np.ones((2, 7), dtype=bool)), "(2, 8)"),
+    ("mask-dtype", _bad(key_mask=np.ones((2, 8))), "bool"),
+    ("window-not-causal", _bad(window=3), "causal"),
+    ("window-zero", _bad(causal=True, window=0), ">= 1"),
+    ("prefix-not-causal", _bad(prefix=2), "causal"),
+    ("prefix-negative", _bad(causal=True, prefix=-1), ">= 0"),
+]
+
+
+@pytest.mark.parametrize("module", MODULES, ids=["reference", "numba", "cupy"])
+@pytest.mark.parametrize("name, bad, message", BAD, ids=[b[0] for b in BAD])
+def test_bad_inputs(module, name, bad, message):
+    (q, k, v), options = bad
+    with pytest.raises(ValueError, match=re.escape(message)):
+        module.attention_forward(q, k, v, **options)
+
+
+def test_bad_backward_shapes():
+    (q, k, v, do), _ = case_inputs((1, 2, 2, 5, 5, 4), dict(), np.float64)
+    o, lse = reference.attention_forward(q, k, v)
+    with pytest.raises(ValueError, match="lse"):
+        kernels.attention_backward(q, k, v, o, lse[..., :-1], do)
+    with pytest.raises(ValueError, match="do"):
+        kernels.attention_backward(q, k, v, o, lse, do[:, :, :-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# dispatch
+
+def test_dispatch(monkeypatch):
+    q = np.zeros((1, 1, 2, 4))
+    long_keys = kernels.FUSED_MIN_KEYS["cpu"]
+    monkeypatch.delenv("MINITX_ATTENTION", raising=False)
+    assert kernels._implementation("auto", q, long_keys) is numba_attention
+    assert kernels._implementation("auto", q, long_keys - 1) is reference   # few keys: reference wins
+    assert kernels._implementation("fused", q, 2) is numba_attention
+    assert kernels._implementation("reference", q, long_keys) is reference
+    monkeypatch.setenv("MINITX_ATTENTION", "reference")
+    assert kernels._implementation("auto", q, long_keys) is reference
+    assert kernels._implementation("fused", q, 2) is numba_attention   # explicit impl wins
+    monkeypatch.setenv("MINITX_ATTENTION", "fast")
+    with pytest.raises(ValueError, match="MINITX_ATTENTION"):
+        kernels._implementation("auto", q, 2)
+    with pytest.raises(ValueError, match="unknown attention impl"):
+        kernels.attention_forward(q, q, q, impl="flash")
+
+
+def test_unsupported_dtype_falls_back_once(monkeypatch):
+    monkeypatch.setattr(kernels, "_warned", set())
+    (q, k, v, _), _ = case_inputs((1, 2, 2, 5, 5, 4), dict(), np.float16)
+    with pytest.warns(UserWarning, match="float16"):
+        o, lse = kernels.attention_forward(q, k, v, causal=True, impl="fused")
+    assert o.dtype == np.float16
+    o_ref, _ = reference.attention_forward(q, k, v, causal=True)
+    np.testing.assert_array_equal(o, o_ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernels.attention_forward(q, k, v, causal=True, impl="fused")
+
+
+def test_numba_kernel_runs_as_plain_python():
+    """NUMBA_DISABLE_JIT=1 (the documented way to debug the kernel) still gives the same numbers."""
+    code = (
+        "import numpy as np; from minitx.kernels import numba_attention as f, reference as r\n"
+        "g = np.random.default_rng(0); q = g.standard_normal((1, 2, 7, 3))\n"
+        "k, v = g.standard_normal((2, 1, 1, 9, 3)); m = np.arange(9)[None] != 4\n"
+        "opt = dict(causal=True, window=4, prefix=2, key_mask=m)\n"
+        "a = f.attention_forward(q, k, v, **opt); b = r.attention_forward(q, k, v, **opt)\n"
+        "ga = f.attention_backward(q, k, v, *a, q, **opt)\n"
+        "gb = r.attention_backward(q, k, v, *b, q, **opt)\n"
+        "for x, y in zip(a + ga, b + gb): np.testing.assert_allclose(x, y, 1e-12, 1e-12)\n"
+    )
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# the CUDA source
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc on PATH")
+def test_cuda_source_compiles(tmp_path):
+    """Compile every kernel instance the GPU path can ask for (float, double; D = 32, 64) to PTX."""
+    instances = [f"    (void*)&{name}," for dtype in cupy_attention.SUPPORTED_DTYPES
+                 for d_head in (32, 64) for name in cupy_attention.name_expressions(dtype, d_head)]
+    source = tmp_path / "attention.cu"
+    source.write_text(cupy_attention.CUDA_SOURCE + "\nvoid* instances[] = {\n"
+                      + "\n".join(instances) + "\n};\n")
+    result = subprocess.run(["nvcc", "-std=c++17", "-arch=sm_90", "--ptx", "-o",
+                             str(tmp_path / "attention.ptx"), str(source)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    ptx = (tmp_path / "attention.ptx").read_text()
+    assert ptx.count(".entry") == len(instances)
+
+
+# The CUDA source run on the CPU: each thread block becomes ROWS std::threads that share the
+# block's __shared__ arrays and meet at a std::barrier for __syncthreads(); blocks run one after
+# another. This checks the kernels' indexing, masks, online softmax and GQA handling against the
+# reference without a GPU (it says nothing about speed or GPU-only behaviour).
+EMULATION_PRELUDE = r"""
+#include <algorithm>
+#include <barrier>
+#include <cmath>
+#include <cstring>
+#include <thread>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+struct dim3_ { unsigned x = 0, y = 0, z = 0; };
+thread_local dim3_ threadIdx;
+dim3_ blockIdx, blockDim;
+std::barrier<>* block_barrier;
+#define __global__
+#define __device__
+#define __shared__ static
+inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, sizeof f); return f; }
+inline double __longlong_as_double(long long i) {
+    double d; std::memcpy(&d, &i, sizeof d); return d;
+}
+using std::min;
+"""
+EMULATION_LAUNCHER = r"""
+// Launch like cuLaunchKernel: args[i] points at the value of parameter i.
+template <typename... P>
+void launch(void (*kernel)(P...), unsigned grid, unsigned block, void** args) {
+    std::size_t i = 0;
+    std::tuple<P...> values{*static_cast<std::remove_reference_t<P>*>(args[i++])...};
+    blockDim.x = block;
+    for (unsigned b = 0; b < grid; b++) {
+        blockIdx.x = b;
+        std::barrier<> barrier(block);
+        block_barrier = &barrier;
+        std::vector<std::thread> threads;
+        for (unsigned t = 0; t < block; t++)
+            threads.emplace_back([&, t] { threadIdx.x = t; std::apply(kernel, values); });
+        for (auto& thread : threads) thread.join();
+    }
+}
+"""
+EMULATED_HEADS = (8, 16)   # head sizes D the emulation is built for
+
+
+class EmulatedKernel:
+    """A CPU build of one kernel instance, called like a cupy.RawKernel."""
+    CTYPES = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.float32): ctypes.c_float,
+              np.dtype(np.float64): ctypes.c_double}
+
+    def __init__(self, function):
+        self.function = function
+
+    def __call__(self, grid, block, args):
+        values = [ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray)
+                  else self.CTYPES[a.dtype](a) for a in args]
+        pointers = (ctypes.c_void_p * len(values))(
+            *[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
+        self.function(ctypes.c_uint(grid[0]), ctypes.c_uint(block[0]), pointers)
+
+
+@pytest.fixture(scope="module")
+def emulated_cuda(tmp_path_factory):
+    """{(dtype name, D): kernels} built from CUDA_SOURCE with g++ for the CPU."""
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++")
+    instances = [(dtype, d_head, name) for dtype in cupy_attention.SUPPORTED_DTYPES
+                 for d_head in EMULATED_HEADS
+                 for name in cupy_attention.name_expressions(dtype, d_head)]
+    exports = [f'extern "C" void emulated_{n}(unsigned g, unsigned b, void** a) '
+               f'{{ launch({name}, g, b, a); }}' for n, (_, _, name) in enumerate(instances)]
+    folder = tmp_path_factory.mktemp("emulated_cuda")
+    source, library = folder / "attention.cpp", folder / "attention.so"
+    source.write_text(EMULATION_PRELUDE + cupy_attention.CUDA_SOURCE + EMULATION_LAUNCHER
+                      + "\n".join(exports) + "\n")
+    result = subprocess.run(["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread",
+                             "-Wno-unknown-pragmas", "-o", str(library), str(source)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lib = ctypes.CDLL(str(library))
+    built = {}
+    for n, (dtype, d_head, name) in enumerate(instances):
+        kernel_name = name.split("<")[0]
+        built.setdefault((dtype, d_head), {})[kernel_name] = EmulatedKernel(
+            getattr(lib, f"emulated_{n}"))
+    return built
+
+
+EMULATED_CASES = [c for c in CASES if c[1][5] in EMULATED_HEADS and c[0] in (
+    "causal", "padding", "cross-Nq>Nk", "causal-Nq<Nk", "window-prefix-padding", "gqa-4:1",
+    "window-prefix>N", "N=1", "decode", "large-scores")]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name, shape, options", EMULATED_CASES,
+                         ids=[c[0] for c in EMULATED_CASES])
+def test_cuda_kernels_emulated_on_cpu(emulated_cuda, monkeypatch, name, shape, options, dtype):
+    monkeypatch.setattr(cupy_attention, "compiled_kernels",
+                        lambda dt, d_head: emulated_cuda[(dt.name, d_head)])
+    inputs, options = case_inputs(shape, options, dtype, noncontiguous=name == "gqa-4:1")
+    expected, actual = run_both((cupy_attention, "cpu"), inputs, options)
+    for label, a, e in zip(("o", "lse", "dq", "dk", "dv"), actual, expected):
+        assert not np.isnan(a).any(), f"{label} has NaN"
+        assert_close(a, e, dtype, label)
