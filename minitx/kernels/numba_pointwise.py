@@ -48,7 +48,12 @@ def gelu_tanh_backward(x, t, grad, dx):
         dx[i] = grad[i] * half * (1 + th + v * (1 - th * th) * du)
 
 
-@numba.njit(cache=True)
+# The row sums may be added in any order, so LLVM can vectorise them; no other fast-math liberty
+# (infinities and NaNs keep their meaning).
+ROW_SUMS = dict(cache=True, fastmath={"reassoc", "nsz", "contract"})
+
+
+@numba.njit(**ROW_SUMS)
 def normalize_forward(x, weight, bias, eps, center, y, xhat, rstd):
     """Per row of x (rows, d): xhat = (x - mean) / sqrt(var + eps) (center) or x / sqrt(mean(x^2)
     + eps), y = xhat * weight + bias; also stores xhat and rstd for the backward."""
@@ -71,7 +76,7 @@ def normalize_forward(x, weight, bias, eps, center, y, xhat, rstd):
             y[r, j] = h * weight[j] + bias[j]
 
 
-@numba.njit(cache=True)
+@numba.njit(**ROW_SUMS)
 def normalize_backward(grad, xhat, rstd, weight, center, dx):
     """Per row: dxhat = grad * weight,
     dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))  (no mean(dxhat) term without center)."""
@@ -136,3 +141,19 @@ def normalize_grad(grad, xhat, rstd, weight, center):
     dx = np.empty_like(g2)
     normalize_backward(g2, _rows(xhat), np.ascontiguousarray(rstd).reshape(-1), weight, center, dx)
     return dx.reshape(xhat.shape)
+
+
+@numba.njit(cache=True)
+def _adamw(p, grad, m, v, lr, b1, b2, eps, weight_decay, t):
+    c1, c2 = 1 - b1 ** t, 1 - b2 ** t
+    for i in range(p.size):
+        g = grad[i]
+        m[i] = b1 * m[i] + (1 - b1) * g
+        v[i] = b2 * v[i] + (1 - b2) * g * g
+        p[i] = p[i] * (1 - lr * weight_decay) - (lr / c1) * m[i] / (np.sqrt(v[i] / c2) + eps)
+
+
+def adamw_step(p, grad, m, v, lr, b1, b2, eps, weight_decay, t):
+    """optim.adamw_step in one pass; p, m and v must be C-contiguous (they are updated in place)."""
+    _adamw(p.reshape(-1), _flat(grad.astype(p.dtype, copy=False)), m.reshape(-1), v.reshape(-1),
+           lr, b1, b2, eps, weight_decay, t)
