@@ -52,8 +52,9 @@ def _grouped(x, n_kv_head):
 def _scores(q, k, mask, scale):
     """Scaled scores of grouped q (B, Hkv, G, Nq, D) and k (B, Hkv, Nk, D); -inf where hidden."""
     xp = get_array_module(q, k)
-    s = xp.matmul(q, k[:, :, None].swapaxes(-1, -2)) * scale   # (B, Hkv, G, Nq, Nk)
-    return xp.where(mask, s, q.dtype.type(-numpy.inf))
+    s = xp.matmul(q * q.dtype.type(scale), k[:, :, None].swapaxes(-1, -2))   # (B, Hkv, G, Nq, Nk)
+    xp.copyto(s, q.dtype.type(-numpy.inf), where=~mask)  # in place: s is the largest array here
+    return s
 
 
 def _mask(shape, xp, causal, key_mask, window, prefix):
@@ -78,11 +79,14 @@ def attention_forward(q, k, v, *, causal=False, key_mask=None, window=None, pref
     s = _scores(_grouped(q, Hkv), k, mask, scale)            # (B, Hkv, G, Nq, Nk)
     m = s.max(axis=-1, keepdims=True)                         # (B, Hkv, G, Nq, 1)
     m = xp.where(m == -numpy.inf, zero, m)   # empty row: exp(-inf - 0) = 0 rather than NaN
-    p = xp.exp(s - m)
+    p = s
+    p -= m                                   # in place, s becomes p = exp(s - m)
+    xp.exp(p, out=p)
     l = p.sum(axis=-1, keepdims=True)                         # (B, Hkv, G, Nq, 1)
     has_key = l > 0
     l = xp.where(has_key, l, q.dtype.type(1))                 # empty row: divide 0 by 1
-    o = xp.matmul(p / l, v[:, :, None])                       # (B, Hkv, G, Nq, D)
+    p /= l
+    o = xp.matmul(p, v[:, :, None])                           # (B, Hkv, G, Nq, D)
     lse = xp.where(has_key, m + xp.log(l), q.dtype.type(-numpy.inf))
     return o.reshape(B, H, Nq, D), lse.reshape(B, H, Nq)
 
@@ -102,14 +106,15 @@ def attention_backward(q, k, v, o, lse, do, *, causal=False, key_mask=None, wind
     q, o, do = (_grouped(x, Hkv) for x in (q, o, do))         # (B, Hkv, G, Nq, D)
     lse = lse.reshape(B, Hkv, H // Hkv, Nq, 1)
     lse = xp.where(lse == -numpy.inf, q.dtype.type(0), lse)  # empty row: every s is -inf, P = 0
-    p = xp.exp(_scores(q, k, mask, scale) - lse)              # (B, Hkv, G, Nq, Nk)
-
+    p = _scores(q, k, mask, scale)
+    p -= lse
+    xp.exp(p, out=p)                                          # P = exp(S - lse), in place
     # forward: o = P v  =>  dv = P^T do (summed over the G query heads), dP = do v^T
     dv = xp.matmul(p.swapaxes(-1, -2), do).sum(axis=2)        # (B, Hkv, Nk, D)
-    dp = xp.matmul(do, v[:, :, None].swapaxes(-1, -2))        # (B, Hkv, G, Nq, Nk)
+    ds = xp.matmul(do, v[:, :, None].swapaxes(-1, -2))        # (B, Hkv, G, Nq, Nk)
     # forward: P = softmax(S)  =>  dS = P * (dP - delta), delta = rowsum(P * dP) = rowsum(do * o)
-    delta = (do * o).sum(axis=-1, keepdims=True)              # (B, Hkv, G, Nq, 1)
-    ds = p * (dp - delta)
+    ds -= (do * o).sum(axis=-1, keepdims=True)               # delta: (B, Hkv, G, Nq, 1)
+    ds *= p                                                   # dP becomes dS in place
     # forward: S = scale q k^T  =>  dq = scale dS k,  dk = scale dS^T q
     dq = xp.matmul(ds, k[:, :, None]) * scale                 # (B, Hkv, G, Nq, D)
     dk = xp.matmul(ds.swapaxes(-1, -2), q).sum(axis=2) * scale   # (B, Hkv, Nk, D)
