@@ -6,7 +6,6 @@ rule needs (momentum, Adam's moment estimates). `step()` updates `p.data` in pla
 import math
 
 from .backend import get_array_module
-from .ops.elementwise import fused_cpu
 
 
 class Optimizer:
@@ -85,27 +84,22 @@ class AdamW(Optimizer):
         self.betas, self.eps = tuple(betas), eps
 
     def update(self, p, grad, state, decay):
+        b1, b2 = self.betas
         xp = get_array_module(grad)
         if not state:
             state["m"], state["v"] = xp.zeros_like(p.data), xp.zeros_like(p.data)
-        fused = fused_cpu(p.data) if p.data.flags.c_contiguous else None
-        (fused.adamw_step if fused else adamw_step)(
-            p.data, grad, state["m"], state["v"], self.lr, *self.betas, self.eps,
-            self.weight_decay if decay else 0.0, self.n_steps)
-
-
-def adamw_step(p, grad, m, v, lr, b1, b2, eps, weight_decay, t):
-    """One AdamW update of the array p in place (step t >= 1); m and v are updated in place.
-    On the CPU a fused numba kernel with the same signature runs instead (kernels/numba_pointwise)."""
-    xp = get_array_module(grad)
-    m *= b1
-    m += (1 - b1) * grad
-    v *= b2
-    v += (1 - b2) * (grad * grad)
-    denom = xp.sqrt(v * (1 / (1 - b2 ** t)))
-    denom += eps
-    p *= 1 - lr * weight_decay
-    p -= (lr / (1 - b1 ** t)) * (m / denom)
+        m, v = state["m"], state["v"]
+        m *= b1
+        m += (1 - b1) * grad
+        v *= b2
+        v += (1 - b2) * (grad * grad)
+        t = self.n_steps
+        step_size = self.lr / (1 - b1 ** t)
+        denom = xp.sqrt(v * (1 / (1 - b2 ** t)))
+        denom += self.eps
+        if decay:
+            p.data *= 1 - self.lr * self.weight_decay
+        p.data -= step_size * (m / denom)
 
 
 def clip_grad_norm(params, max_norm):

@@ -142,18 +142,3 @@ def normalize_grad(grad, xhat, rstd, weight, center):
     normalize_backward(g2, _rows(xhat), np.ascontiguousarray(rstd).reshape(-1), weight, center, dx)
     return dx.reshape(xhat.shape)
 
-
-@numba.njit(cache=True)
-def _adamw(p, grad, m, v, lr, b1, b2, eps, weight_decay, t):
-    c1, c2 = 1 - b1 ** t, 1 - b2 ** t
-    for i in range(p.size):
-        g = grad[i]
-        m[i] = b1 * m[i] + (1 - b1) * g
-        v[i] = b2 * v[i] + (1 - b2) * g * g
-        p[i] = p[i] * (1 - lr * weight_decay) - (lr / c1) * m[i] / (np.sqrt(v[i] / c2) + eps)
-
-
-def adamw_step(p, grad, m, v, lr, b1, b2, eps, weight_decay, t):
-    """optim.adamw_step in one pass; p, m and v must be C-contiguous (they are updated in place)."""
-    _adamw(p.reshape(-1), _flat(grad.astype(p.dtype, copy=False)), m.reshape(-1), v.reshape(-1),
-           lr, b1, b2, eps, weight_decay, t)
