@@ -2,7 +2,8 @@
 from .. import kernels
 from ..autograd import Function
 from ..backend import to_device
-from ..ops import (cross_entropy, dropout, einsum, gelu, layer_norm, log_softmax, rms_norm, softmax,
+from ..ops.einsum import contract
+from ..ops import (cross_entropy, dropout, gelu, layer_norm, log_softmax, rms_norm, softmax,
                    take)
 from ..tensor import Tensor
 
@@ -10,10 +11,35 @@ __all__ = ["linear", "embedding", "layer_norm", "rms_norm", "dropout", "gelu", "
            "log_softmax", "cross_entropy", "scaled_dot_product_attention"]
 
 
+class Linear(Function):
+    """y = x W^T + b as one op: the einsum, with the bias added in place (a separate add would
+    be one more graph node and one more pass over y, the largest array of the layer).
+
+        forward:  y = einsum("...i,oi->...o", x, W) + b
+        backward: dx = einsum("...o,oi->...i", dy, W)    dW = einsum("...o,...i->oi", dy, x)
+                  db = dy summed over every axis but the last
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias=None):
+        ctx.x, ctx.weight = x, weight
+        y = contract("...i,oi->...o", x, weight)
+        if bias is not None:
+            y += bias
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        needs = ctx.needs_grad
+        dx = contract("...o,oi->...i", grad, ctx.weight) if needs[0] else None
+        dweight = contract("...o,...i->oi", grad, ctx.x) if needs[1] else None
+        dbias = grad.reshape(-1, grad.shape[-1]).sum(axis=0) if len(needs) > 2 and needs[2] else None
+        return dx, dweight, dbias
+
+
 def linear(x, weight, bias=None):
     """x @ weight^T + bias, weight (d_out, d_in) as in the papers' W x; x (..., d_in) -> (..., d_out)."""
-    y = einsum("...i,oi->...o", x, weight)
-    return y if bias is None else y + bias
+    return Linear.apply(x, weight, bias)
 
 
 def embedding(ids, weight):
