@@ -88,18 +88,23 @@ class AdamW(Optimizer):
         xp = get_array_module(grad)
         if not state:
             state["m"], state["v"] = xp.zeros_like(p.data), xp.zeros_like(p.data)
-        m, v = state["m"], state["v"]
+        m, v, t = state["m"], state["v"], self.n_steps
+        # one scratch array d, reused for every step below (the update is bound by memory traffic)
+        d = xp.multiply(grad, 1 - b1)
         m *= b1
-        m += (1 - b1) * grad
+        m += d                                   # m = b1 m + (1 - b1) g
+        xp.multiply(grad, grad, out=d)
+        d *= 1 - b2
         v *= b2
-        v += (1 - b2) * (grad * grad)
-        t = self.n_steps
-        step_size = self.lr / (1 - b1 ** t)
-        denom = xp.sqrt(v * (1 / (1 - b2 ** t)))
-        denom += self.eps
+        v += d                                   # v = b2 v + (1 - b2) g^2
+        xp.multiply(v, 1 / (1 - b2 ** t), out=d)
+        xp.sqrt(d, out=d)
+        d += self.eps                            # d = sqrt(v / (1 - b2^t)) + eps
+        xp.divide(m, d, out=d)
+        d *= self.lr / (1 - b1 ** t)             # d = lr (m / (1 - b1^t)) / d
         if decay:
             p.data *= 1 - self.lr * self.weight_decay
-        p.data -= step_size * (m / denom)
+        p.data -= d
 
 
 def clip_grad_norm(params, max_norm):
