@@ -24,13 +24,12 @@ IMPLEMENTATIONS = ("auto", "fused", "reference")
 FUSED = {"cpu": numba_attention, "cuda": cupy_attention}   # the fused kernel of each device
 # On the CPU the fused kernel pays one scalar exp call per score (numba has no vectorised exp)
 # and its per-block set-up, while the reference runs on NumPy's vectorised exp and BLAS. Measured
-# forward + backward, float32, 2 cores, H = 4, D = 32, reference time / fused time:
-#   B*N = 768:  0.41 at N = 64, 0.58 at 128, 0.66 at 256 (causal)
-#   B = 4:      causal 1.76 at N = 512, 1.32 at 1024, 1.57 at 2048; not causal 0.68 to 0.78
-# So the reference runs short sequences, where its N x N score matrix is small anyway, and the
-# fused kernel long ones, where that matrix would grow as N^2 (at N = 2048 the reference needs
-# about 0.8 GB for B = 4, H = 4; the fused kernel 36 MB).
-FUSED_MIN_KEYS = {"cpu": 512, "cuda": 0}
+# forward + backward, float32, 2 cores, B = 4, H = 4, D = 32 (benchmarks/RESULTS.md), reference
+# time / fused time: causal 0.85 at N = 256, 0.90 at 512, 1.25 at 1024, 1.60 at 2048; not causal
+# 0.59 to 0.75. Peak memory, reference / fused: 10.6 / 4.7 MiB at N = 256, 139 / 18 at 1024,
+# 536 / 36 at 2048. So the reference runs short sequences, where its N x N score matrix is small,
+# and the fused kernel long ones, where that matrix would grow as N^2.
+FUSED_MIN_KEYS = {"cpu": 1024, "cuda": 0}
 _warned = set()
 
 
