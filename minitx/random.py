@@ -4,8 +4,6 @@ Initialisation, dropout and sampling all draw from here, so one seed makes a run
 and `get_rng_state`/`set_rng_state` let a checkpoint resume the exact same stream.
 NumPy's and CuPy's `Generator` share one interface (`standard_normal`, `random`, ...).
 """
-import numpy
-
 from . import backend
 
 _seed = None

@@ -1,6 +1,8 @@
 """The small layers a Transformer is built from: Linear, Embedding, norms, Dropout, MLP."""
 import math
 
+import numpy
+
 from .. import ops
 from ..random import normal_array
 from ..backend import default_device
@@ -14,7 +16,6 @@ def init_normal(shape, std, device=None):
 
 
 def init_constant(shape, value, device=None):
-    import numpy
     return Parameter(numpy.full(shape, value, dtype="float32"), device=device or default_device())
 
 
