@@ -142,22 +142,22 @@ def contract(subscripts, *arrays):
 class Einsum(Function):
     @staticmethod
     def forward(ctx, *arrays, subscripts):
-        subs, output = plan(subscripts, tuple(a.shape for a in arrays))[:2]
-        ctx.arrays, ctx.subs, ctx.output = arrays, subs, output
+        ctx.arrays, ctx.subscripts = arrays, subscripts
         return contract(subscripts, *arrays)
 
     @staticmethod
     def backward(ctx, grad):
         xp = get_array_module(grad)
+        subs, output = plan(ctx.subscripts, tuple(a.shape for a in ctx.arrays))[:2]  # cached
         grads = []
-        for i, (a, sub) in enumerate(zip(ctx.arrays, ctx.subs)):
+        for i, (a, sub) in enumerate(zip(ctx.arrays, subs)):
             if not ctx.needs_grad[i]:
                 grads.append(None)
                 continue
-            others = [s for j, s in enumerate(ctx.subs) if j != i]
-            present = set(ctx.output).union(*others)
+            others = [s for j, s in enumerate(subs) if j != i]
+            present = set(output).union(*others)
             target = "".join(c for c in sub if c in present)
-            g = contract(",".join([ctx.output] + others) + "->" + target,
+            g = contract(",".join([output] + others) + "->" + target,
                          grad, *[x for j, x in enumerate(ctx.arrays) if j != i])
             if target != sub:  # letters only this operand had: their gradient is constant along them
                 kept = [g.shape[target.index(c)] if c in target else 1 for c in sub]
