@@ -205,6 +205,23 @@ def test_fused_matches_reference(implementation, name, shape, options, dtype):
         assert_close(a, e, dtype, label)
 
 
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-13), (np.float32, 1e-6)],
+                         ids=["f64", "f32"])
+def test_numba_exp_matches_numpy(dtype, rtol):
+    """The CPU kernel's own exp: close to np.exp over [-87, 0], 0 below, NaN kept, exact 1 at 0."""
+    rng = np.random.default_rng(0)
+    t = np.concatenate([-rng.uniform(0, 87, 5000), -rng.uniform(0, 1, 1000), np.arange(-87, 1),
+                        [0.0, -86.99, -87.01, -200.0, -np.inf, np.nan]]).astype(dtype)
+    shift = rng.standard_normal(t.size).astype(dtype)       # x - shift = t, row by row
+    x = (t + shift)[None]
+    t = x[0] - shift                                          # t as the kernel will see it
+    numba_attention._exp_shifted(x, shift, *numba_attention.exp_constants(np.dtype(dtype)))
+    kept = t >= -87
+    np.testing.assert_allclose(x[0][kept], np.exp(t[kept].astype(np.float64)), rtol=rtol, atol=0)
+    assert (x[0][t < -87] == 0).all() and np.isnan(x[0][np.isnan(t)]).all()
+    assert x.dtype == dtype
+
+
 @pytest.mark.parametrize("implementation", FUSED)
 def test_fused_noncontiguous_inputs(implementation):
     inputs, options = case_inputs((2, 4, 2, 70, 70, 16), dict(causal=True, key_mask=True),

@@ -22,14 +22,12 @@ from .reference import visibility_mask
 
 IMPLEMENTATIONS = ("auto", "fused", "reference")
 FUSED = {"cpu": numba_attention, "cuda": cupy_attention}   # the fused kernel of each device
-# On the CPU the fused kernel pays one scalar exp call per score (numba has no vectorised exp)
-# and its per-block set-up, while the reference runs on NumPy's vectorised exp and BLAS. Measured
-# forward + backward, float32, 2 cores, B = 4, H = 4, D = 32 (benchmarks/RESULTS.md), reference
-# time / fused time: causal 0.85 at N = 256, 0.90 at 512, 1.25 at 1024, 1.60 at 2048; not causal
-# 0.59 to 0.75. Peak memory, reference / fused: 10.6 / 4.7 MiB at N = 256, 139 / 18 at 1024,
-# 536 / 36 at 2048. So the reference runs short sequences, where its N x N score matrix is small,
-# and the fused kernel long ones, where that matrix would grow as N^2.
-FUSED_MIN_KEYS = {"cpu": 1024, "cuda": 0}
+# On the CPU both kernels run their products on BLAS; the fused kernel saves the N x N memory
+# traffic but pays a per-block set-up. Measured forward + backward, float32, 2 cores, D = 32
+# (benchmarks/RESULTS.md), it is slower than the reference at 64 keys (reference time / fused
+# time 0.7 to 0.85), about even to 1.2x faster at 128 and 256, and 1.9x (full) to 4x (causal)
+# faster at 1024. So the reference runs the shortest sequences, where its score matrix is small.
+FUSED_MIN_KEYS = {"cpu": 128, "cuda": 0}
 _warned = set()
 
 

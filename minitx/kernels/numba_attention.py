@@ -15,13 +15,15 @@ for each, every query block of every query head in the group, so it alone writes
 dk, dv and those query heads' dq: no atomics, no second pass over the scores. That is B * Hkv
 parallel tasks, plenty for a CPU's few cores.
 
-Speed without fastmath: LLVM vectorises a loop y[c] += w * x[c] over contiguous memory, but not
-a dot product (that would reorder its additions). So every block product is a loop of such row
-updates (`_add_rows`), and its innermost loop runs along a block of 64 keys or queries, never
-along D (often only 32 long). Hence the transposed layouts: kT, vT, qT, doT are (D, N), the
-accumulators o^T, dq^T, dk^T, dv^T are (D, N), and a P or dS block is transposed before it is
-accumulated along queries. Arithmetic stays in the input dtype (float32 accumulates in float32).
+Where the time goes: each block product is one `np.dot`, which numba hands to BLAS (through
+SciPy), the fastest matrix product the machine has. The other cost is one exp per score, and
+numba's np.exp is a scalar libm call (no vectorised exp ships with pip's numba), slower than the
+products themselves; `_exp_shifted` computes it from multiplications and additions instead.
+The score blocks are kept transposed, S^T (keys x queries), so that the per-query numbers
+(m_i, l_i, lse, delta) run along the contiguous axis: every elementwise loop is then a plain
+loop over a row that LLVM vectorises, and no reduction has to be reordered to get there.
 """
+import math
 import os
 
 import numba
@@ -36,8 +38,44 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
 SUPPORTED_DTYPES = ("float32", "float64")
-BLOCK_Q = 64   # query rows per block
+BLOCK_Q = 64    # query rows per block
 BLOCK_K = 128   # keys per block
+
+
+def exp_constants(dtype):
+    """The constants of `_exp_shifted`, in `dtype` so that float32 arithmetic stays float32:
+    the Taylor coefficients of e^r (1/12! down to 1/0!), e^-1, e^-2, e^-4, ..., e^-64, and the
+    cut-off t_min = -87 below which e^t counts as 0."""
+    taylor = tuple(dtype.type(1 / math.factorial(i)) for i in range(12, -1, -1))
+    e_pow2 = tuple(dtype.type(math.exp(-2 ** b)) for b in range(7))
+    return taylor, e_pow2, dtype.type(-87)
+
+
+@numba.njit(cache=True, fastmath={"contract"})
+def _exp_shifted(x, shift, taylor, e_pow2, t_min):
+    """x[j, i] = exp(x[j, i] - shift[i]) in place, for x <= shift (scores minus their query's
+    running maximum or lse; x is a transposed block, one column per query).
+
+    e^t = e^r * e^-k, with k = round(-t) an integer and r = t + k in [-1/2, 1/2] (exact in
+    floating point). e^r is its Taylor series up to r^12 (relative error below 3e-14); e^-k is
+    the product of e^-(2^b) over the binary digits b of k. Below t_min = -87, e^t is under
+    float32's smallest normal number and under 1e-37 of a softmax row's sum (at least 1): the
+    result is 0. NaN stays NaN. ("contract" lets LLVM fuse each p * r + c into one instruction.)
+    """
+    zero = t_min - t_min               # 0 in x's dtype (a bare 0 would turn float32 to float64)
+    for j in range(x.shape[0]):
+        for i in range(x.shape[1]):
+            t = x[j, i] - shift[i]
+            k = np.rint(-np.maximum(t, t_min))      # at most 87, even for t = -inf
+            r = t + k
+            p = taylor[0]
+            for c in taylor[1:]:
+                p = p * r + c
+            digits = int(k)
+            for b in range(7):
+                if digits >> b & 1:
+                    p *= e_pow2[b]
+            x[j, i] = zero if t < t_min else p
 
 
 @numba.njit(cache=True)
@@ -62,176 +100,115 @@ def _block_all_visible(pos_first, pos_last, j0, j1, key_mask, causal, window, pr
 
 
 @numba.njit(cache=True)
-def _add_rows(y, w, x, c0):
-    """y += w @ x[:len(w), c0:c0+len(y)]: the rows of x, weighted by w, added to y.
-
-    Four rows of x per pass, so y is loaded and stored once per four rows; the additions still
-    happen one row after the other, exactly as in the plain loop.
-    """
-    n, m = w.shape[0], y.shape[0]
-    n4 = n - n % 4
-    for t in range(0, n4, 4):
-        w0, w1, w2, w3 = w[t], w[t + 1], w[t + 2], w[t + 3]
-        x0, x1 = x[t, c0:c0 + m], x[t + 1, c0:c0 + m]
-        x2, x3 = x[t + 2, c0:c0 + m], x[t + 3, c0:c0 + m]
-        for c in range(m):
-            y[c] = y[c] + w0 * x0[c] + w1 * x1[c] + w2 * x2[c] + w3 * x3[c]
-    for t in range(n4, n):
-        w0, x0 = w[t], x[t, c0:c0 + m]
-        for c in range(m):
-            y[c] += w0 * x0[c]
-
-
-@numba.njit(cache=True)
-def _product(a, i0, n_i, bT, j0, n_j, out):
-    """out[:n_i, :n_j] = a[i0:i0+n_i] @ bT[:, j0:j0+n_j]; a (N, D), bT (D, M)."""
-    for ii in range(n_i):
-        out[ii, :n_j] = 0
-        _add_rows(out[ii, :n_j], a[i0 + ii], bT, j0)
-
-
-@numba.njit(cache=True)
-def _add_product(yT, c0, wT, r0, x, n, m):
-    """yT[:, c0:c0+m] += wT[:, r0:r0+n] @ x[:n, :m]; yT (D, .), wT (D, .), x a block."""
-    for d in range(yT.shape[0]):
-        _add_rows(yT[d, c0:c0 + m], wT[d, r0:r0 + n], x, 0)
-
-
-@numba.njit(cache=True)
-def _transpose(a, n_i, n_j, out):
-    """out[:n_j, :n_i] = a[:n_i, :n_j].T"""
-    for jj in range(n_j):
-        for ii in range(n_i):
-            out[jj, ii] = a[ii, jj]
-
-
-@numba.njit(cache=True)
-def _mask_scores(s, key_mask, i0, n_i, j0, n_j, offset, causal, window, prefix):
-    """Set hidden entries of the score block s[:n_i, :n_j] to -inf."""
+def _mask_scores(sT, key_mask, i0, j0, offset, causal, window, prefix):
+    """Set the hidden entries of the transposed score block sT (keys j0..., queries i0...)
+    to -inf."""
+    n_j, n_i = sT.shape
     if _block_all_visible(i0 + offset, i0 + n_i - 1 + offset, j0, j0 + n_j, key_mask,
                           causal, window, prefix):
         return
-    for ii in range(n_i):
-        pos = i0 + ii + offset
-        for jj in range(n_j):
-            j = j0 + jj
-            if not (key_mask[j] and _visible(pos, j, causal, window, prefix)):
-                s[ii, jj] = -np.inf
+    for jj in range(n_j):
+        j = j0 + jj
+        for ii in range(n_i):
+            if not (key_mask[j] and _visible(i0 + ii + offset, j, causal, window, prefix)):
+                sT[jj, ii] = -np.inf
 
 
 @numba.njit(parallel=True, cache=True)
-def _forward_kernel(q, kT, vT, key_mask, causal, window, prefix, o, lse):
+def _forward_kernel(q, k, v, key_mask, causal, window, prefix, taylor, e_pow2, t_min, o, lse):
     """q arrives multiplied by scale, so S = q k^T. Writes o (B, H, Nq, D) and lse (B, H, Nq)."""
     B, H, Nq, D = q.shape
-    Hkv, Nk = kT.shape[1], kT.shape[3]
+    Hkv, Nk = k.shape[1], k.shape[2]
     G = H // Hkv
     offset = Nk - Nq                  # query i sits at position i + offset
     n_qblocks = (Nq + BLOCK_Q - 1) // BLOCK_Q
     for task in numba.prange(B * H * n_qblocks):
         b, h, i0 = task // (H * n_qblocks), task // n_qblocks % H, task % n_qblocks * BLOCK_Q
-        n_i = min(BLOCK_Q, Nq - i0)
-        q_bh, kT_b, vT_b, mask_b = q[b, h], kT[b, h // G], vT[b, h // G], key_mask[b]
-        s = np.empty((BLOCK_Q, BLOCK_K), q.dtype)       # S block, then P block
-        pT = np.empty((BLOCK_K, BLOCK_Q), q.dtype)
-        accT = np.zeros((D, BLOCK_Q), q.dtype)          # unnormalised o^T
-        m_i = np.full(BLOCK_Q, -np.inf, q.dtype)
-        l_i = np.zeros(BLOCK_Q, q.dtype)
-        alpha = np.empty(BLOCK_Q, q.dtype)
+        i1 = min(i0 + BLOCK_Q, Nq)
+        n_i = i1 - i0
+        q_i = q[b, h, i0:i1]                            # (n_i, D)
+        acc = np.zeros((n_i, D), q.dtype)               # unnormalised o
+        m_i = np.full(n_i, -np.inf, q.dtype)
+        l_i = np.zeros(n_i, q.dtype)
+        shift = np.empty(n_i, q.dtype)
+        alpha = np.empty((1, n_i), q.dtype)             # a one-row block for _exp_shifted
         for j0 in range(0, Nk, BLOCK_K):
-            n_j = min(BLOCK_K, Nk - j0)
-            if not _block_visible(i0 + offset, i0 + n_i - 1 + offset, j0, j0 + n_j,
-                                  causal, window, prefix):
+            j1 = min(j0 + BLOCK_K, Nk)
+            if not _block_visible(i0 + offset, i1 - 1 + offset, j0, j1, causal, window, prefix):
                 continue
-            _product(q_bh, i0, n_i, kT_b, j0, n_j, s)                     # S = q k^T
-            _mask_scores(s, mask_b, i0, n_i, j0, n_j, offset, causal, window, prefix)
-            # online softmax: each row of S becomes P = exp(S - m_new); alpha rescales the past
-            for ii in range(n_i):
-                m_new = m_i[ii]
-                for jj in range(n_j):
-                    m_new = max(m_new, s[ii, jj])
-                if m_new == -np.inf:           # nothing visible in this row yet
-                    alpha[ii] = 1
-                    s[ii, :n_j] = 0
-                    continue
-                alpha[ii] = np.exp(m_i[ii] - m_new)    # 0 at the row's first visible block
-                l = l_i[ii] * alpha[ii]
-                for jj in range(n_j):
-                    s[ii, jj] = np.exp(s[ii, jj] - m_new)
-                    l += s[ii, jj]
-                l_i[ii] = l
-                m_i[ii] = m_new
-            # acc = alpha acc + P v, kept transposed: o^T = alpha o^T + v^T P^T
-            for d in range(D):
+            k_j, v_j = k[b, h // G, j0:j1], v[b, h // G, j0:j1]     # (n_j, D)
+            sT = np.dot(k_j, q_i.T)                     # S^T block (n_j, n_i): a column per query
+            _mask_scores(sT, key_mask[b], i0, j0, offset, causal, window, prefix)
+            # online softmax: m_new = max(m_i, block's max); P = exp(S - m_new); the past
+            # (l_i and acc) is rescaled by alpha = exp(m_i - m_new)
+            alpha[0] = m_i
+            for jj in range(j1 - j0):
                 for ii in range(n_i):
-                    accT[d, ii] *= alpha[ii]
-            _transpose(s, n_i, n_j, pT)
-            _add_product(accT, 0, vT_b, j0, pT, n_j, n_i)
+                    m_i[ii] = np.maximum(m_i[ii], sT[jj, ii])
+            for ii in range(n_i):             # a row that sees nothing yet keeps P = 0
+                shift[ii] = 0 if m_i[ii] == -np.inf else m_i[ii]
+            _exp_shifted(alpha, shift, taylor, e_pow2, t_min)
+            _exp_shifted(sT, shift, taylor, e_pow2, t_min)           # P^T
+            for ii in range(n_i):
+                l_i[ii] *= alpha[0, ii]
+                acc[ii] *= alpha[0, ii]
+            for jj in range(j1 - j0):
+                for ii in range(n_i):
+                    l_i[ii] += sT[jj, ii]
+            acc += np.dot(sT.T, v_j)                                 # acc = alpha acc + P v
         for ii in range(n_i):
             if l_i[ii] > 0:
                 lse[b, h, i0 + ii] = m_i[ii] + np.log(l_i[ii])
-                for d in range(D):
-                    o[b, h, i0 + ii, d] = accT[d, ii] / l_i[ii]
+                o[b, h, i0 + ii] = acc[ii] / l_i[ii]
             else:                              # the row sees no key at all
                 lse[b, h, i0 + ii] = -np.inf
-                o[b, h, i0 + ii, :] = 0
+                o[b, h, i0 + ii] = 0
 
 
 @numba.njit(parallel=True, cache=True)
-def _backward_kernel(q, qT, kT, vT, do, doT, lse, delta, key_mask, causal, window, prefix,
-                     dqT, dkT, dvT):
-    """q, qT arrive multiplied by scale, so S = q k^T and dk = dS^T q; dq^T comes out without
-    the factor scale. Adds into dqT (B, H, D, Nq), dkT and dvT (B, Hkv, D, Nk), zeroed."""
+def _backward_kernel(q, k, v, do, lse, delta, key_mask, causal, window, prefix, taylor,
+                     e_pow2, t_min, dq, dk, dv):
+    """q arrives multiplied by scale, so S = q k^T and dk = dS^T q; dq comes out without the
+    factor scale. lse arrives with 0 for the rows that see no key (their scores are all -inf,
+    so P = 0 there). Adds into dq (B, H, Nq, D), dk and dv (B, Hkv, Nk, D), zeroed."""
     B, H, Nq, D = q.shape
-    Hkv, Nk = kT.shape[1], kT.shape[3]
+    Hkv, Nk = k.shape[1], k.shape[2]
     G = H // Hkv
     offset = Nk - Nq
     for task in numba.prange(B * Hkv):
         b, kv = task // Hkv, task % Hkv
-        kT_b, vT_b, mask_b = kT[b, kv], vT[b, kv], key_mask[b]
-        p = np.empty((BLOCK_Q, BLOCK_K), q.dtype)
-        ds = np.empty((BLOCK_Q, BLOCK_K), q.dtype)
-        dsT = np.empty((BLOCK_K, BLOCK_Q), q.dtype)
         for j0 in range(0, Nk, BLOCK_K):
-            n_j = min(BLOCK_K, Nk - j0)
+            j1 = min(j0 + BLOCK_K, Nk)
+            k_j, v_j = k[b, kv, j0:j1], v[b, kv, j0:j1]             # (n_j, D)
+            dk_j, dv_j = dk[b, kv, j0:j1], dv[b, kv, j0:j1]
             for h in range(kv * G, (kv + 1) * G):
                 for i0 in range(0, Nq, BLOCK_Q):
-                    n_i = min(BLOCK_Q, Nq - i0)
-                    if not _block_visible(i0 + offset, i0 + n_i - 1 + offset, j0, j0 + n_j,
+                    i1 = min(i0 + BLOCK_Q, Nq)
+                    if not _block_visible(i0 + offset, i1 - 1 + offset, j0, j1,
                                           causal, window, prefix):
                         continue
-                    # forward: S = q k^T, P = exp(S - lse)
-                    _product(q[b, h], i0, n_i, kT_b, j0, n_j, p)
-                    _mask_scores(p, mask_b, i0, n_i, j0, n_j, offset, causal, window, prefix)
-                    for ii in range(n_i):
-                        lse_i = lse[b, h, i0 + ii]
-                        if lse_i == -np.inf:            # the row sees no key: P = 0
-                            p[ii, :n_j] = 0
-                        else:
-                            for jj in range(n_j):
-                                p[ii, jj] = np.exp(p[ii, jj] - lse_i)
-                    # forward: o = P v  =>  dv += P^T do (as dv^T += do^T P),  dP = do v^T
-                    _add_product(dvT[b, kv], j0, doT[b, h], i0, p, n_i, n_j)
-                    _product(do[b, h], i0, n_i, vT_b, j0, n_j, ds)
+                    q_i, do_i = q[b, h, i0:i1], do[b, h, i0:i1]     # (n_i, D)
+                    lse_i, delta_i = lse[b, h, i0:i1], delta[b, h, i0:i1]
+                    # forward: S = q k^T, P = exp(S - lse)            (both transposed here)
+                    pT = np.dot(k_j, q_i.T)
+                    _mask_scores(pT, key_mask[b], i0, j0, offset, causal, window, prefix)
+                    _exp_shifted(pT, lse_i, taylor, e_pow2, t_min)
+                    # forward: o = P v  =>  dv += P^T do,  dP = do v^T
+                    dv_j += np.dot(pT, do_i)
+                    dsT = np.dot(v_j, do_i.T)
                     # forward: P = softmax(S)  =>  dS = P (dP - delta)
-                    for ii in range(n_i):
-                        delta_i = delta[b, h, i0 + ii]
-                        for jj in range(n_j):
-                            ds[ii, jj] = p[ii, jj] * (ds[ii, jj] - delta_i)
-                    # forward: S = q k^T  =>  dk^T += q^T dS,  dq^T += k^T dS^T
-                    _add_product(dkT[b, kv], j0, qT[b, h], i0, ds, n_i, n_j)
-                    _transpose(ds, n_i, n_j, dsT)
-                    _add_product(dqT[b, h], i0, kT_b, j0, dsT, n_j, n_i)
+                    for jj in range(j1 - j0):
+                        for ii in range(i1 - i0):
+                            dsT[jj, ii] = pT[jj, ii] * (dsT[jj, ii] - delta_i[ii])
+                    # forward: S = q k^T  =>  dk += dS^T q,  dq += dS k
+                    dk_j += np.dot(dsT, q_i)
+                    dq[b, h, i0:i1] += np.dot(dsT.T, k_j)
 
 
 def _check_dtype(q):
     if q.dtype.name not in SUPPORTED_DTYPES:
         raise ValueError(f"the numba attention kernel supports {SUPPORTED_DTYPES}, "
                          f"got {q.dtype}")
-
-
-def _transposed(x):
-    """(B, H, N, D) <-> (B, H, D, N), as a new contiguous array."""
-    return np.ascontiguousarray(x.transpose(0, 1, 3, 2))
 
 
 def attention_forward(q, k, v, *, causal=False, key_mask=None, window=None, prefix=None,
@@ -245,7 +222,8 @@ def attention_forward(q, k, v, *, causal=False, key_mask=None, window=None, pref
     q = np.multiply(q, scale, order="C")
     o = np.empty_like(q)
     lse = np.empty(q.shape[:3], q.dtype)
-    _forward_kernel(q, _transposed(k), _transposed(v), mask, causal, window, prefix, o, lse)
+    _forward_kernel(q, np.ascontiguousarray(k), np.ascontiguousarray(v), mask, causal, window,
+                    prefix, *exp_constants(q.dtype), o, lse)
     return o, lse
 
 
@@ -258,14 +236,11 @@ def attention_backward(q, k, v, o, lse, do, *, causal=False, key_mask=None, wind
     mask, causal, window, prefix = kernel_options(shape, key_mask, causal, window, prefix, np)
     scale = q.dtype.type(shape.scale)
     q = np.multiply(q, scale, order="C")
-    o, lse, do = (np.ascontiguousarray(x, dtype=q.dtype) for x in (o, lse, do))
-    B, H, Hkv, Nq, Nk, D, _ = shape
+    k, v, o, lse, do = (np.ascontiguousarray(x, dtype=q.dtype) for x in (k, v, o, lse, do))
     delta = (do * o).sum(axis=-1)                           # rowsum(do * o): (B, H, Nq)
-    dqT = np.zeros((B, H, D, Nq), q.dtype)
-    dkT = np.zeros((B, Hkv, D, Nk), q.dtype)
-    dvT = np.zeros((B, Hkv, D, Nk), q.dtype)
-    _backward_kernel(q, _transposed(q), _transposed(k), _transposed(v), do, _transposed(do),
-                     lse, delta, mask, causal, window, prefix, dqT, dkT, dvT)
-    dq = _transposed(dqT)
+    lse = np.where(lse == -np.inf, 0, lse).astype(q.dtype)  # see _backward_kernel
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    _backward_kernel(q, k, v, do, lse, delta, mask, causal, window, prefix,
+                     *exp_constants(q.dtype), dq, dk, dv)
     dq *= scale                          # the kernel saw S = (scale q) k^T
-    return dq, _transposed(dkT), _transposed(dvT)
+    return dq, dk, dv
