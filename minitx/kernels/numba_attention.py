@@ -25,6 +25,7 @@ loop over a row that LLVM vectorises, and no reduction has to be reordered to ge
 """
 import math
 import os
+import sys
 
 import numba
 import numpy as np
@@ -205,6 +206,15 @@ def _backward_kernel(q, k, v, do, lse, delta, key_mask, causal, window, prefix, 
                     dq[b, h, i0:i1] += np.dot(dsT.T, k_j)
 
 
+def _announce_first_use(kernel):
+    """numba compiles a kernel at its first call on a machine (15 s or so for each of these two;
+    later processes load it from numba's cache in __pycache__): say so rather than hang silently.
+    (Under NUMBA_DISABLE_JIT=1 a kernel is a plain function, with nothing to compile.)"""
+    if getattr(kernel, "signatures", None) == []:
+        print(f"minitx: preparing the CPU attention kernel {kernel.py_func.__name__} (compiled "
+              f"once per machine, about 15 s; loaded from the cache afterwards)", file=sys.stderr)
+
+
 def _check_dtype(q):
     if q.dtype.name not in SUPPORTED_DTYPES:
         raise ValueError(f"the numba attention kernel supports {SUPPORTED_DTYPES}, "
@@ -222,6 +232,7 @@ def attention_forward(q, k, v, *, causal=False, key_mask=None, window=None, pref
     q = np.multiply(q, scale, order="C")
     o = np.empty_like(q)
     lse = np.empty(q.shape[:3], q.dtype)
+    _announce_first_use(_forward_kernel)
     _forward_kernel(q, np.ascontiguousarray(k), np.ascontiguousarray(v), mask, causal, window,
                     prefix, *exp_constants(q.dtype), o, lse)
     return o, lse
@@ -240,6 +251,7 @@ def attention_backward(q, k, v, o, lse, do, *, causal=False, key_mask=None, wind
     delta = (do * o).sum(axis=-1)                           # rowsum(do * o): (B, H, Nq)
     lse = np.where(lse == -np.inf, 0, lse).astype(q.dtype)  # see _backward_kernel
     dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    _announce_first_use(_backward_kernel)
     _backward_kernel(q, k, v, do, lse, delta, mask, causal, window, prefix,
                      *exp_constants(q.dtype), dq, dk, dv)
     dq *= scale                          # the kernel saw S = (scale q) k^T
