@@ -24,9 +24,10 @@ IMPLEMENTATIONS = ("auto", "fused", "reference")
 FUSED = {"cpu": numba_attention, "cuda": cupy_attention}   # the fused kernel of each device
 # On the CPU both kernels run their products on BLAS; the fused kernel saves the N x N memory
 # traffic but pays a per-block set-up. Measured forward + backward, float32, 2 cores, D = 32
-# (benchmarks/RESULTS.md), it is slower than the reference at 64 keys (reference time / fused
-# time 0.7 to 0.85), about even to 1.2x faster at 128 and 256, and 1.9x (full) to 4x (causal)
-# faster at 1024. So the reference runs the shortest sequences, where its score matrix is small.
+# (benchmarks/RESULTS.md), reference time / fused time is 0.7 to 1.2 at 64 keys depending on the
+# run (a training step at 64 keys was no faster with the fused kernel), 1.0 to 1.3 at 128 and 256,
+# and 2.0 (full) to 3.9 (causal) at 1024. So the reference keeps the shortest sequences, where its
+# score matrix is small.
 FUSED_MIN_KEYS = {"cpu": 128, "cuda": 0}
 _warned = set()
 
