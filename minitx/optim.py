@@ -107,13 +107,14 @@ class AdamW(Optimizer):
         p.data -= d
 
 
-def clip_grad_norm(params, max_norm):
+def clip_grad_norm(params, max_norm, norm=None):
     """Scale all gradients together so their global L2 norm is at most max_norm; returns the norm
-    before clipping (worth logging: spikes show instabilities)."""
+    before clipping (worth logging: spikes show instabilities). `norm`: that norm, when it was
+    computed elsewhere (tensor parallel: over the shards of every rank)."""
     grads = [p.grad.data for p in params if p.grad is not None]
     if not grads:
         return 0.0
-    total = math.sqrt(sum(float((g * g).sum()) for g in grads))
+    total = math.sqrt(sum(float((g * g).sum()) for g in grads)) if norm is None else norm
     if total > max_norm:
         scale = max_norm / (total + 1e-6)
         for g in grads:
