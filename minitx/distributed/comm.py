@@ -79,6 +79,15 @@ class Communicator:
         if self.size > 1:
             self.comm.Barrier()
 
+    @contextlib.contextmanager
+    def main_first(self):
+        """Rank 0 runs the block first (say, writing a cache or a file), the others after it."""
+        if not self.is_main:
+            self.barrier()
+        yield
+        if self.is_main:
+            self.barrier()
+
     def abort(self, message, code=1):
         """Print `message` with this rank's name and end every rank of the job now."""
         print(f"minitx: rank {self.rank} of {self.size}: {message}; aborting all ranks "

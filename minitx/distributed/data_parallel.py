@@ -72,6 +72,9 @@ class DataParallel(SingleProcess):
         self.buckets = GradientBuckets(model.parameters(), self.world)
         return model
 
+    def global_batch(self, batch_size):
+        return self.world.size * batch_size
+
     def get_batch(self, tokens, batch_size, block_size, rng):
         return get_batch(tokens, batch_size, block_size, rng, self.world)
 

@@ -4,6 +4,7 @@ DataParallel and TensorParallel override the steps that change; the loop calls t
 methods whichever it runs under:
 
     model = strategy.prepare(model)             same weights on every rank (and, TP, the shards)
+    strategy.global_batch(batch_size)           windows per step over all ranks
     x, y = strategy.get_batch(...)              this rank's windows
     loss.backward(); strategy.reduce_gradients()
     norm = strategy.clip_grad_norm(params, max_norm)
@@ -24,10 +25,12 @@ class SingleProcess:
         return self.world.is_main
 
     def prepare(self, model):
-        """Ready `model` for training on this rank; returns it. Waits for every rank first: all
-        have read the run directory before rank 0 writes into it."""
-        self.world.barrier()
+        """Ready `model` for training on this rank; returns it."""
         return model
+
+    def global_batch(self, batch_size):
+        """Windows per step over all ranks, given the batch size of one rank."""
+        return batch_size
 
     def get_batch(self, tokens, batch_size, block_size, rng):
         return data.get_batch(tokens, batch_size, block_size, rng)
