@@ -17,9 +17,12 @@ from .tensor_parallel import (CopyToShards, ShardedAttention, ShardedMLP, SumSha
 STRATEGIES = {"none": SingleProcess, "data": DataParallel, "tensor": TensorParallel}
 
 
-def setup(kind):
+def setup(kind, device="cpu"):
     """The strategy `kind` ("none", "data" or "tensor") on this job's ranks. "none" needs no
     MPI; the others start it (and still run, trivially, on a single process)."""
     if kind not in STRATEGIES:
         raise ValueError(f"unknown parallel {kind!r}: expected one of {sorted(STRATEGIES)}")
+    if kind != "none" and device != "cpu":
+        raise ValueError(f"parallel {kind!r} runs on the CPU: its collectives take NumPy arrays "
+                         "(NCCL for GPUs is not written yet)")
     return STRATEGIES[kind](init() if kind != "none" else Communicator())

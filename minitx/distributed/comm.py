@@ -13,6 +13,7 @@ never leave the other ranks waiting.
 collective a no-op, and no need for mpi4py. The same training code runs either way.
 """
 import contextlib
+import os
 import sys
 import traceback
 
@@ -107,6 +108,16 @@ class Communicator:
             raise
 
 
+def share_cores(ranks_here):
+    """Give each of the `ranks_here` ranks on this machine its share of the cores for NumPy's BLAS
+    and numba's threads: with more threads than cores, every collective waits for the slowest."""
+    import numba
+    import threadpoolctl
+    n = max(1, len(os.sched_getaffinity(0)) // ranks_here)
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))  # (may load its thread pool)
+    threadpoolctl.threadpool_limits(n)
+
+
 def init():
     """The communicator of this job (MPI_COMM_WORLD; of one process when not under mpiexec).
 
@@ -119,6 +130,7 @@ def init():
         raise RuntimeError(f"running on more than one process needs mpi4py and an MPI library "
                            f"({error}): {INSTALL_HINT}") from None
     world = Communicator(MPI.COMM_WORLD)
+    share_cores(MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED).Get_size())
     if world.size > 1:
         previous = sys.excepthook
 
