@@ -130,7 +130,9 @@ def init():
         raise RuntimeError(f"running on more than one process needs mpi4py and an MPI library "
                            f"({error}): {INSTALL_HINT}") from None
     world = Communicator(MPI.COMM_WORLD)
-    share_cores(MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED).Get_size())
+    ranks_here = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
+    if ranks_here > 1:
+        share_cores(ranks_here)
     if world.size > 1:
         previous = sys.excepthook
 
