@@ -70,8 +70,8 @@ def device_of(array):
     return "cuda" if get_array_module(array) is not numpy else "cpu"
 
 
-def to_device(array, device):
-    """Copy `array` to `device` (no copy when it is already there)."""
+def move_array(array, device):
+    """Copy `array` to `device` (no copy when it is already there); ops.transfer does it for tensors."""
     check_device(device)
     if device_of(array) == device:
         return array
@@ -102,15 +102,15 @@ def default_device():
     return _default_device
 
 
-
 def keep_freed_memory():
     """Ask glibc to keep freed memory for reuse instead of handing it back to the OS.
 
     Every op allocates fresh arrays. By default glibc returns large freed blocks to the OS
     (munmap, heap trimming), so the next array of that size page-faults its way in again: about
     10 % of a CPU training step here. Keeping freed memory (blocks up to 32 MB stay in the heap)
-    avoids that, at the price of a process that does not shrink. Linux with glibc only; elsewhere
-    nothing happens.
+    avoids that, at the price of a process that does not shrink, and for every other library in
+    the process too: so it is the caller's choice (the command line and the benchmarks make it;
+    see benchmarks/RESULTS.md). Linux with glibc only; elsewhere nothing happens.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -120,6 +120,3 @@ def keep_freed_memory():
         libc.mallopt(-1, 1 << 30)   # M_TRIM_THRESHOLD: keep up to 1 GB of free heap
     except (OSError, AttributeError):
         pass
-
-
-keep_freed_memory()

@@ -88,7 +88,7 @@ def model_config(cfg, vocab_size):
     return nn.TransformerConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
                                 n_head=cfg.n_head, n_kv_head=cfg.n_kv_head, d_model=cfg.d_model,
                                 dropout=cfg.dropout, bias=cfg.bias, norm=cfg.norm, pos=cfg.pos,
-                                mlp=cfg.mlp, attention=cfg.attention)
+                                mlp=cfg.mlp, kernels=cfg.attention)
 
 
 class Run:
@@ -120,7 +120,7 @@ def save_state(run, cfg, model, opt, tokenizer, step, batch_rng):
     arrays = {f"model/{name}": a for name, a in model.state_dict().items()}
     optim = opt.state_dict()
     for i, state in enumerate(optim.pop("state")):
-        arrays.update({f"optim/{i}/{k}": backend.to_device(v, "cpu") for k, v in state.items()})
+        arrays.update({f"optim/{i}/{k}": backend.move_array(v, "cpu") for k, v in state.items()})
     checkpoint.save(run.checkpoint, arrays, {
         "step": step, "config": asdict(cfg), "model_config": asdict(model.config),
         "tokenizer": tokenizer.to_dict(), "optimizer": optim,
