@@ -290,6 +290,7 @@ def chart(results, threads, path=HERE / "step_time.png"):
 
 
 def main(args):
+    minitx.use_fast_cpu_settings()   # as the command line does
     blas_threads = limit_blas_threads(args.threads)
     torch.set_num_threads(args.threads)
     numba.set_num_threads(args.threads)

@@ -10,7 +10,7 @@ from dataclasses import fields
 
 import numpy
 
-from . import backend, checkpoint
+from . import backend, checkpoint, use_fast_cpu_settings
 from .train import PRESETS, TrainConfig, load_model, preset, train
 
 
@@ -108,6 +108,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    use_fast_cpu_settings()
     try:
         args.handler(args)  # each command's function, set by its subparser
     except (ValueError, RuntimeError, FileNotFoundError, FileExistsError, checkpoint.CheckpointError,

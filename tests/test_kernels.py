@@ -345,6 +345,51 @@ def test_unsupported_dtype_falls_back_once(monkeypatch):
         kernels.attention_forward(q, k, v, causal=True, kernels="fused")
 
 
+def _run_python(code, **env):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, **env), timeout=300)
+
+
+def test_import_leaves_the_process_alone():
+    """`import minitx` neither calls glibc's mallopt nor sets numba's threading layer;
+    use_fast_cpu_settings does both."""
+    code = (
+        "import ctypes\n"
+        "calls, real_cdll = [], ctypes.CDLL\n"
+        "class Recorder:  # a shared library whose mallopt is recorded, not called\n"
+        "    def __init__(self, name, *args, **kwargs):\n"
+        "        self.name, self.lib = name, real_cdll(name, *args, **kwargs)\n"
+        "    def __getattr__(self, f):\n"
+        "        if f != 'mallopt': return getattr(self.lib, f)\n"
+        "        return lambda *a: calls.append((self.name, f))\n"
+        "ctypes.CDLL = Recorder\n"
+        "import numba; layer = numba.config.THREADING_LAYER\n"
+        "import minitx\n"
+        "print(calls, numba.config.THREADING_LAYER == layer)\n"
+        "minitx.use_fast_cpu_settings()\n"
+        "print(sorted(set(calls)), numba.config.THREADING_LAYER)\n"
+    )
+    result = _run_python(code)
+    assert result.returncode == 0, result.stderr
+    on_import, after_opt_in = result.stdout.splitlines()
+    assert on_import == "[] True"
+    expected_calls = "[('libc.so.6', 'mallopt')]" if sys.platform.startswith("linux") else "[]"
+    assert after_opt_in == f"{expected_calls} workqueue"
+
+
+def test_compile_notice_only_when_compiling(tmp_path):
+    """The 'preparing the CPU attention kernel' notice comes when numba compiles, not when the
+    kernel loads from numba's cache."""
+    code = ("import numpy as np; from minitx import kernels\n"
+            "q = np.ones((1, 1, 4, 2), np.float32)\n"
+            "kernels.attention_forward(q, q, q, kernels='fused')\n")
+    first = _run_python(code, NUMBA_CACHE_DIR=str(tmp_path))
+    second = _run_python(code, NUMBA_CACHE_DIR=str(tmp_path))
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert "preparing the CPU attention kernel _forward_kernel for float32" in first.stderr
+    assert "preparing" not in second.stderr
+
+
 def test_numba_kernel_runs_as_plain_python():
     """NUMBA_DISABLE_JIT=1 (the documented way to debug the kernel) still gives the same numbers."""
     code = (

@@ -60,6 +60,20 @@ def choose(family, x, size=0, kernels="auto"):
     return fused
 
 
+def use_workqueue_threads():
+    """Run numba's parallel kernels on numba's own "workqueue" thread pool, unless the user's
+    NUMBA_THREADING_LAYER says otherwise; call it before the first kernel runs.
+
+    numba's default pool on Linux is OpenMP, whose idle threads spin for a while after each kernel
+    and take the core that NumPy's BLAS threads need next (on 2 cores a training step ran 3x
+    slower); workqueue's idle threads sleep. A process-wide setting, so the caller's choice: the
+    command line and the benchmarks make it (minitx.use_fast_cpu_settings).
+    """
+    import numba
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER = "workqueue"
+
+
 def attention_forward(q, k, v, *, kernels="auto", **options):
     """(o (B, H, Nq, D), lse (B, H, Nq)) from the kernel `choose` picks."""
     return choose("attention", q, k.shape[2], kernels).attention_forward(q, k, v, **options)
@@ -94,4 +108,4 @@ def normalize_grad(grad, xhat, rstd, weight, center, kernels="auto"):
 
 __all__ = ["attention_forward", "attention_backward", "gelu_tanh_forward", "gelu_tanh_grad", "erf",
            "normalize", "normalize_grad", "visibility_mask", "choose", "KERNELS", "REFERENCE",
-           "FUSED", "FUSED_MIN_SIZE"]
+           "FUSED", "FUSED_MIN_SIZE", "use_workqueue_threads"]
