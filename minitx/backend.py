@@ -10,6 +10,7 @@ the stored reason with advice on what to install.
 import ctypes
 import os
 import sys
+from contextlib import contextmanager
 
 import numpy
 
@@ -93,6 +94,17 @@ def set_default_device(device):
     """Device for tensors created without an explicit `device=`."""
     global _default_device
     _default_device = check_device(device)
+
+
+@contextmanager
+def default_device_as(device):
+    """Within the block, tensors created without `device=` (a model's weights) go to `device`."""
+    global _default_device
+    previous, _default_device = _default_device, check_device(device)
+    try:
+        yield
+    finally:
+        _default_device = previous
 
 
 def default_device():

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from minitx.__main__ import main
+from minitx import nn
+from minitx.__main__ import build_parser, config_from_args, main
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--d-model", "16", "--block-size", "16", "--batch-size", "4",
         "--eval-iters", "2", "--sample-tokens", "0", "--quiet"]
@@ -138,3 +139,13 @@ def test_help_lists_the_subcommands():
     out = subprocess.run([sys.executable, "-m", "minitx", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and all(c in out.stdout for c in ("train", "sample", "experiment"))
 
+
+
+def test_every_model_field_is_a_flag():
+    """The flags come from the dataclasses: window, norm_first, d_ff and the kernel choice too."""
+    args = build_parser().parse_args(["train", "--window", "8", "--no-norm-first", "--d-ff", "24",
+                                      "--kernels", "reference", "--n-layer", "2", "--lr", "0.5"])
+    cfg = config_from_args(args)
+    assert (cfg.model.window, cfg.model.norm_first, cfg.model.d_ff) == (8, False, 24)
+    assert (cfg.model.kernels, cfg.model.n_layer, cfg.lr) == ("reference", 2, 0.5)
+    assert config_from_args(build_parser().parse_args(["train"])).model == nn.TransformerConfig()
