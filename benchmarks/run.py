@@ -4,7 +4,7 @@
 
 Per device, minitx's DecoderOnly at that device's training preset (shakespeare-cpu: 4 layers,
 4 heads, d_model 128, block 64, batch 12; shakespeare-gpu: 6 layers, 6 heads, d_model 384,
-block 256, batch 64; vocabulary 65, float32) and its PyTorch twin (torch_twin.py) get the
+block 256, batch 64; vocabulary 65, float32) and its PyTorch twin (tests/torch_twin.py) get the
 same weights. Then:
   1. check: one batch gives the same loss (within 1e-4) and the same gradients (1e-3 relative)
   2. time the whole training step of each (forward, zero_grad, backward, clipping to norm 1,
@@ -49,7 +49,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import minitx  # noqa: E402  (first: its thread settings must precede NumPy's, numba's and torch's)
+import minitx  # noqa: E402
 import numba  # noqa: E402
 import numpy  # noqa: E402
 import torch  # noqa: E402
@@ -59,7 +59,8 @@ from minitx.optim import AdamW  # noqa: E402
 from minitx.train import build_model, preset  # noqa: E402
 
 import profile_step  # noqa: E402
-import torch_twin  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import torch_twin  # noqa: E402  (tests/torch_twin.py: the twin the tests check minitx against)
 
 HERE = Path(__file__).resolve().parent
 VOCAB_SIZE = 65  # Tiny Shakespeare's characters
