@@ -54,7 +54,6 @@ import numba  # noqa: E402
 import numpy  # noqa: E402
 import torch  # noqa: E402
 
-from minitx import nn  # noqa: E402
 from minitx.optim import AdamW  # noqa: E402
 from minitx.train import build_model, preset  # noqa: E402
 
