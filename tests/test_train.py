@@ -149,3 +149,17 @@ def test_every_model_field_is_a_flag():
     assert (cfg.model.window, cfg.model.norm_first, cfg.model.d_ff) == (8, False, 24)
     assert (cfg.model.kernels, cfg.model.n_layer, cfg.lr) == ("reference", 2, 0.5)
     assert config_from_args(build_parser().parse_args(["train"])).model == nn.TransformerConfig()
+
+
+def test_model_is_drawn_on_its_device(monkeypatch):
+    """build_model draws the weights on cfg.device, whatever the default device is: the default
+    device's generator is never asked (here the default is 'cuda', which would fail on CPU)."""
+    from minitx import backend, random
+    from minitx.train import build_model, preset
+    asked = []
+    real = random.generator
+    monkeypatch.setattr(random, "generator", lambda device="cpu": asked.append(device) or real(device))
+    monkeypatch.setattr(backend, "_default_device", "cuda")
+    model = build_model(preset("shakespeare-cpu", model=dict(n_layer=1), device="cpu"), 11)
+    assert {p.device for p in model.parameters()} == {"cpu"}
+    assert set(asked) == {"cpu"} and backend._default_device == "cuda"
