@@ -25,7 +25,6 @@ import numpy
 
 from .. import ops
 from ..autograd import Function
-from ..nn import functional as F
 from ..nn.module import Module
 from ..nn.positions import apply_rope
 from ..optim import clip_grad_norm
@@ -124,7 +123,7 @@ class ShardedAttention(Module):
     def __init__(self, attn, world):
         self.world = world
         self.n_head, self.n_kv_head = attn.n_head // world.size, attn.n_kv_head // world.size
-        self.d_head, self.rope, self.window, self.impl = attn.d_head, attn.rope, attn.window, attn.impl
+        self.d_head, self.rope, self.window, self.kernels = attn.d_head, attn.rope, attn.window, attn.kernels
         self.q, self.kv, self.out, self.drop = attn.q, attn.kv, attn.out, attn.drop
 
     def forward(self, x, *, causal=False, mask=None, prefix=None, cache=None, start=0):
@@ -142,9 +141,9 @@ class ShardedAttention(Module):
             q, k = apply_rope(q, start), apply_rope(k, start)
         if cache is not None:
             k, v = cache.update((self, False), k, v)
-        o = F.scaled_dot_product_attention(q, k, v, causal=causal, mask=mask,
-                                           window=self.window if causal else None,
-                                           prefix=prefix if causal else None, impl=self.impl)
+        o = ops.scaled_dot_product_attention(q, k, v, causal=causal, mask=mask,
+                                             window=self.window if causal else None,
+                                             prefix=prefix if causal else None, kernels=self.kernels)
         # one process sums over all heads here; this rank over its own: a partial sum
         y = ops.einsum("bhnd,chd->bnc", o, self.out.weight.reshape(C, H, D))       # (B, N, C)
         y = SumShards.apply(y, world=self.world)             # g: forward allreduces y
@@ -157,7 +156,7 @@ class ShardedMLP(Module):
     """The MLP over this rank's hidden units (GELU or SwiGLU), parameters named as in nn.MLP."""
 
     def __init__(self, mlp, world):
-        self.world, self.kind = world, mlp.kind
+        self.world, self.kind, self.kernels = world, mlp.kind, mlp.kernels
         self.up, self.gate, self.down, self.drop = mlp.up, mlp.gate, mlp.down, mlp.drop
 
     def _hidden(self, x, layer):
@@ -169,7 +168,7 @@ class ShardedMLP(Module):
         x = CopyToShards.apply(x, world=self.world)          # f
         u = self._hidden(x, self.up)
         if self.kind == "gelu":
-            u = ops.gelu(u, approximate="tanh")
+            u = ops.gelu(u, approximate="tanh", kernels=self.kernels)
         else:
             g = self._hidden(x, self.gate)
             u = g * ops.sigmoid(g) * u
