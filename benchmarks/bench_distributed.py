@@ -29,6 +29,7 @@ def worker(kind, steps, warmup=3):
     from minitx import data, distributed, nn
     from minitx.optim import AdamW
 
+    minitx.use_fast_cpu_settings()  # as the command line does
     strategy = distributed.setup(kind)
     world = strategy.world
     _, tokens, _ = data.prepare()
