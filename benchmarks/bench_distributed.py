@@ -109,7 +109,7 @@ def markdown(results, steps, load):
 
 def mpi_library():
     from mpi4py import MPI
-    return MPI.Get_library_version().splitlines()[0].strip()
+    return " ".join(MPI.Get_library_version().splitlines()[0].split())
 
 
 def main():
