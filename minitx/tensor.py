@@ -173,8 +173,10 @@ def _shape_args(args):
 
 
 def _compare(ufunc, a, b):
+    """ufunc (a NumPy comparison) by the array module of a's data, so CUDA data stays there."""
     b = b.data if isinstance(b, Tensor) else b
-    return Tensor._make(ufunc(a.data, b), False, None)
+    xp = backend.get_array_module(a.data, b)
+    return Tensor._make(getattr(xp, ufunc.__name__)(a.data, b), False, None)
 
 
 def _to_any_dtype(dtype):

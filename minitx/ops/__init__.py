@@ -5,6 +5,8 @@ shape, einsum, nn); the rest are composed here from them, so they need no backwa
 """
 import builtins
 
+import numpy
+
 from ..backend import get_array_module
 from ..tensor import Tensor
 from .einsum import Einsum
@@ -12,7 +14,7 @@ from .elementwise import (Abs, Add, AsType, Div, Exp, Gelu, Log, Mul, Neg, Pow, 
                           Sqrt, Sub, Tanh, ToDevice, Where)
 from .nn import CrossEntropy, Dropout, LogSoftmax, Normalize, Softmax
 from .reduce import Extremum, LogSumExp, Sum, normalize_axes
-from .shape import Concatenate, Expand, GetItem, Permute, Reshape, Take
+from .shape import Concatenate, Expand, GetItem, Permute, Reshape, Take, check_range
 
 # --- elementwise ----------------------------------------------------------------------------------
 def add(a, b): return Add.apply(a, b)
@@ -102,7 +104,7 @@ def unsqueeze(a, axis):
 
 def take(a, indices, axis=0):
     """a's entries along `axis` at integer `indices` (a tensor or array); the embedding lookup."""
-    indices = indices.data if isinstance(indices, Tensor) else get_array_module(a.data).asarray(indices)
+    indices = indices.data if isinstance(indices, Tensor) else _host_or_device(indices)
     if indices.dtype.kind not in "iu":
         raise ValueError(f"take: indices must be integers, got {indices.dtype}")
     return Take.apply(a, indices=indices, axis=axis)
@@ -162,8 +164,19 @@ def log_softmax(x, axis=-1): return LogSoftmax.apply(x, axis=axis)
 
 def cross_entropy(logits, targets, ignore_index=-100):
     """Mean -log softmax(logits)[target] over positions whose target is not ignore_index."""
-    targets = targets.data if isinstance(targets, Tensor) else get_array_module(logits.data).asarray(targets)
+    targets = targets.data if isinstance(targets, Tensor) else _host_or_device(targets)
+    if targets.dtype.kind not in "iu":
+        raise ValueError(f"cross_entropy: targets must be integers, got {targets.dtype}")
+    # checked where they are (free on the host), then moved to the logits' device by apply
+    xp = get_array_module(targets)
+    check_range(xp.where(targets != ignore_index, targets, 0), 0, logits.shape[-1],
+                f"cross_entropy: targets (other than ignore_index={ignore_index})")
     return CrossEntropy.apply(logits, targets, ignore_index=ignore_index)
+
+
+def _host_or_device(array):
+    """A NumPy array, or the device array as it is (never an implicit device-to-host copy)."""
+    return array if get_array_module(array) is not numpy else numpy.asarray(array)
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
