@@ -16,6 +16,8 @@ from typing import Optional
 import numpy
 
 from .. import ops
+from ..backend import device_of, get_array_module
+from ..ops.shape import check_range
 from ..tensor import Tensor
 from .attention import KVCache, MultiHeadAttention
 from .layers import MLP, NORMS, Dropout, Embedding, Linear, residual_std
@@ -131,16 +133,13 @@ class Embedder(Module):
         self.drop = Dropout(cfg.dropout)
 
     def forward(self, ids, start=0):
-        ids = ids.data if isinstance(ids, Tensor) else numpy.asarray(ids)
+        ids = _array(ids)
         if ids.ndim != 2:
             raise ValueError(f"token ids must be (batch, sequence), got shape {ids.shape}")
         if start + ids.shape[1] > self.block_size:
             raise ValueError(f"sequence of {start + ids.shape[1]} tokens is longer than "
                              f"block_size={self.block_size}")
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got values from "
-                             f"{int(ids.min())} to {int(ids.max())}")
-        ids = Tensor(ids, device=self.tokens.weight.device)
+        check_range(ids, 0, self.vocab_size, "token ids")   # free for host ids, as in training
         return self.drop(self.positions(self.tokens(ids), start))
 
     def logits(self, h):
@@ -150,12 +149,13 @@ class Embedder(Module):
 
 def lm_loss(logits, targets, loss_mask=None):
     """Next-token cross-entropy; positions where loss_mask is False (or targets are -100) don't count."""
-    targets = targets.data if isinstance(targets, Tensor) else numpy.asarray(targets)
+    targets = _array(targets)
     if loss_mask is not None:
-        loss_mask = loss_mask.data if isinstance(loss_mask, Tensor) else numpy.asarray(loss_mask)
+        loss_mask = _array(loss_mask)
         if loss_mask.shape != targets.shape:
             raise ValueError(f"loss_mask of shape {loss_mask.shape} does not match targets {targets.shape}")
-        targets = numpy.where(loss_mask, targets, -100)
+        xp = get_array_module(targets, loss_mask)       # a host mask may meet CUDA targets
+        targets = xp.where(xp.asarray(loss_mask), xp.asarray(targets), -100)
     return ops.cross_entropy(logits, targets, ignore_index=-100)
 
 
@@ -257,7 +257,8 @@ class EncoderDecoder(Module):
 
 
 def _array(x):
-    return x.data if isinstance(x, Tensor) else numpy.asarray(x)
+    """The array of a Tensor, a device array as it is, anything else as a NumPy array."""
+    return x.data if isinstance(x, Tensor) else x if device_of(x) == "cuda" else numpy.asarray(x)
 
 
 __all__ = ["TransformerConfig", "EncoderDecoderConfig", "Block", "Stack", "Embedder", "DecoderOnly",

@@ -194,20 +194,20 @@ class _ufunc:
         self._ufunc.at(_unwrap(a), *args)
 
 
-UFUNCS = ("add", "subtract", "multiply", "divide", "true_divide", "power", "maximum", "minimum",
+_UFUNCS = ("add", "subtract", "multiply", "divide", "true_divide", "power", "maximum", "minimum",
           "exp", "log", "log1p", "expm1", "sqrt", "tanh", "sign", "abs", "negative", "isfinite",
           "isnan", "logical_and", "logical_or", "logical_not", "equal", "not_equal", "less", "less_equal",
           "greater", "greater_equal",
           "sin", "cos")
-FUNCTIONS = ("where", "matmul", "zeros_like", "ones_like", "empty_like", "broadcast_to",
+_FUNCTIONS = ("where", "matmul", "zeros_like", "ones_like", "empty_like", "broadcast_to",
              "moveaxis", "expand_dims", "take", "concatenate", "stack", "split", "copyto",
              "einsum", "tensordot", "sum", "max", "min", "clip", "outer", "tril", "triu",
              "argmax", "all", "any", "array_equal", "allclose", "cumsum", "reshape", "transpose",
              "squeeze")
-CREATORS = ("zeros", "ones", "empty", "full", "arange", "eye", "linspace")
-for _name in UFUNCS:
+_CREATORS = ("zeros", "ones", "empty", "full", "arange", "eye", "linspace")
+for _name in _UFUNCS:
     globals()[_name] = _ufunc(getattr(numpy, _name))
-for _name in FUNCTIONS + CREATORS:
+for _name in _FUNCTIONS + _CREATORS:
     globals()[_name] = _device_function(getattr(numpy, _name))
 for _name in ("float16", "float32", "float64", "int8", "int32", "int64", "uint8", "uint32",
               "bool_", "dtype", "result_type", "newaxis", "pi", "inf", "nan"):
