@@ -27,7 +27,8 @@ FUSED = {"cpu": numba_attention, "cuda": cupy_attention}   # the fused kernel of
 # (benchmarks/RESULTS.md), reference time / fused time is 0.7 to 1.2 at 64 keys depending on the
 # run (a training step at 64 keys was no faster with the fused kernel), 1.0 to 1.3 at 128 and 256,
 # and 2.0 (full) to 3.9 (causal) at 1024. So the reference keeps the shortest sequences, where its
-# score matrix is small.
+# score matrix is small. The CUDA threshold has not been measured (no GPU yet): the attention run
+# of benchmarks/gpu_acceptance.sh is where to set it.
 FUSED_MIN_KEYS = {"cpu": 128, "cuda": 0}
 _warned = set()
 
