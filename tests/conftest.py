@@ -23,21 +23,21 @@ GPU_REASON = ("needs CuPy and a GPU" if backend.cupy is not None else
               f"needs CuPy and a GPU (CuPy failed to import: {backend._cupy_error})")
 
 
+REQUIRE_GPU = os.environ.get("MINITX_REQUIRE_GPU") == "1"
+
+
 def pytest_collection_modifyitems(config, items):
-    if minitx.cuda_available():
+    if minitx.cuda_available() or REQUIRE_GPU:
         return
-    if os.environ.get("MINITX_REQUIRE_GPU") == "1":
-        mark = pytest.mark.usefixtures("_gpu_required")
-    else:
-        mark = pytest.mark.skip(reason=GPU_REASON)
+    skip = pytest.mark.skip(reason=GPU_REASON)
     for item in items:
         if item.get_closest_marker("gpu"):
-            item.add_marker(mark)
+            item.add_marker(skip)
 
 
-@pytest.fixture
-def _gpu_required():
-    pytest.fail(f"MINITX_REQUIRE_GPU=1, but this test {GPU_REASON}")
+def pytest_runtest_setup(item):
+    if REQUIRE_GPU and item.get_closest_marker("gpu") and not minitx.cuda_available():
+        pytest.fail(f"MINITX_REQUIRE_GPU=1, but this test {GPU_REASON}", pytrace=False)
 
 
 @pytest.fixture(autouse=True)

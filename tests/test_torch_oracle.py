@@ -148,7 +148,7 @@ def _adamw_check(device):
         twin_opt.step()
         np.testing.assert_allclose(loss.item(), twin_loss.item(), rtol=RTOL)
         np.testing.assert_allclose(norm.item(), twin_norm.item(), rtol=RTOL)
-        norms.append(norm)
+        norms.append(norm.item())
     assert max(norms) > max_norm  # clipping did take effect
     twin_params = dict(twin.named_parameters())
     for name, p in model.named_parameters():
