@@ -108,7 +108,7 @@ def _on_one_device(fn, inputs):
                 or backend.device_of(x) == device):
             moved.append(x)
         elif device == "cuda" and x.dtype.kind in "biu":
-            moved.append(backend.to_device(x, device))
+            moved.append(backend.move_array(x, device))
         else:
             raise RuntimeError(f"{fn.__name__.lower()}: a {backend.device_of(x)} array of {x.dtype} "
                                f"meets tensors on {device!r}; make it a tensor on that device "

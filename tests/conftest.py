@@ -19,10 +19,9 @@ import minitx  # noqa: E402  (after the stand-in is on the path)
 from minitx import backend  # noqa: E402
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+minitx.use_fast_cpu_settings()   # as the command line does (importing minitx changes nothing)
 GPU_REASON = ("needs CuPy and a GPU" if backend.cupy is not None else
               f"needs CuPy and a GPU (CuPy failed to import: {backend._cupy_error})")
-
-
 REQUIRE_GPU = os.environ.get("MINITX_REQUIRE_GPU") == "1"
 
 

@@ -12,7 +12,6 @@ import glob
 import os
 import re
 
-import numpy as np
 import pytest
 
 from minitx.kernels import cupy_attention

@@ -1,8 +1,6 @@
-"""PyTorch as an oracle: minitx and its PyTorch twin (benchmarks/torch_twin.py), loaded with the
+"""PyTorch as an oracle: minitx and its PyTorch twin (tests/torch_twin.py), loaded with the
 same float64 weights, must agree on the logits, the loss and every parameter gradient to 1e-8
 relative, and AdamW with gradient clipping must take the same three steps."""
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +10,7 @@ torch = pytest.importorskip("torch")
 from minitx import nn  # noqa: E402
 from minitx.optim import AdamW, clip_grad_norm  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import torch_twin  # noqa: E402
+import torch_twin  # noqa: E402  (tests/torch_twin.py)
 
 RTOL, ATOL = 1e-8, 1e-10
 SMALL = dict(vocab_size=11, block_size=8, n_layer=2, n_head=4, d_model=16)

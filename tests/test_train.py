@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import STANDIN
-from minitx import backend
-from minitx.__main__ import main
-from minitx.train import train
+from minitx import backend, nn
+from minitx.__main__ import build_parser, config_from_args, main
+from minitx.train import preset, train
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--d-model", "16", "--block-size", "16", "--batch-size", "4",
         "--eval-iters", "2", "--sample-tokens", "0", "--quiet"]
@@ -144,14 +144,39 @@ def test_help_lists_the_subcommands():
 
 
 
+def test_every_model_field_is_a_flag():
+    """The flags come from the dataclasses: window, norm_first, d_ff and the kernel choice too."""
+    args = build_parser().parse_args(["train", "--window", "8", "--no-norm-first", "--d-ff", "24",
+                                      "--kernels", "reference", "--n-layer", "2", "--lr", "0.5"])
+    cfg = config_from_args(args)
+    assert (cfg.model.window, cfg.model.norm_first, cfg.model.d_ff) == (8, False, 24)
+    assert (cfg.model.kernels, cfg.model.n_layer, cfg.lr) == ("reference", 2, 0.5)
+    assert config_from_args(build_parser().parse_args(["train"])).model == nn.TransformerConfig()
+
+
+def test_model_is_drawn_on_its_device(monkeypatch):
+    """build_model draws the weights on cfg.device, whatever the default device is: the default
+    device's generator is never asked (here the default is 'cuda', which would fail on CPU)."""
+    from minitx import random
+    from minitx.train import build_model
+    asked = []
+    real = random.generator
+    monkeypatch.setattr(random, "generator", lambda device="cpu": asked.append(device) or real(device))
+    monkeypatch.setattr(backend, "_default_device", "cuda")
+    model = build_model(preset("shakespeare-cpu", model=dict(n_layer=1), device="cpu"), 11)
+    assert {p.device for p in model.parameters()} == {"cpu"}
+    assert set(asked) == {"cpu"} and backend._default_device == "cuda"
+
+
 # ---------------------------------------------------------------------------------------------
 # on the GPU (or the CuPy stand-in: MINITX_FAKE_CUPY=1)
 
 def _gpu_config(tmp_path, corpus, **overrides):
-    from minitx.train import TrainConfig
-    return TrainConfig(**{**dict(data=str(corpus), n_layer=2, n_head=2, d_model=16, block_size=16,
-                                 batch_size=2, eval_iters=1, full_eval=False, sample_tokens=0,
-                                 dropout=0.1, device="cuda", out_dir=str(tmp_path)), **overrides})
+    return preset("shakespeare-cpu", **{
+        **dict(data=str(corpus), model=dict(n_layer=2, n_head=2, d_model=16, block_size=16,
+                                            dropout=0.1),
+               batch_size=2, eval_iters=1, full_eval=False, sample_tokens=0, device="cuda",
+               out_dir=str(tmp_path)), **overrides})
 
 
 @pytest.mark.gpu

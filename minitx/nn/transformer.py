@@ -13,12 +13,10 @@ not), cross-attention on or off, and which parameters are shared.
 from dataclasses import dataclass, fields
 from typing import Optional
 
-import numpy
-
 from .. import ops
-from ..backend import device_of, get_array_module
+from ..backend import array_module, device_of, get_array_module
 from ..ops.shape import check_range
-from ..tensor import Tensor
+from ..tensor import Tensor, as_array
 from .attention import KVCache, MultiHeadAttention
 from .layers import MLP, NORMS, Dropout, Embedding, Linear, residual_std
 from .module import Module
@@ -41,7 +39,7 @@ class TransformerConfig:
     pos: str = "learned"           # "learned" | "sinusoidal" | "rope"
     mlp: str = "gelu"              # "gelu" | "swiglu"
     window: Optional[int] = None   # sliding-window attention in causal layers
-    attention: str = "auto"        # attention kernel: "auto" | "fused" | "reference"
+    kernels: str = "auto"          # "auto" | "fused" | "reference" (see minitx.kernels.choose)
 
     def __post_init__(self):
         checks = [
@@ -80,14 +78,14 @@ class Block(Module):
         def attention():
             return MultiHeadAttention(cfg.d_model, cfg.n_head, cfg.n_kv_head, cfg.bias, cfg.dropout,
                                       rope=cfg.pos == "rope", window=cfg.window, proj_std=proj_std,
-                                      impl=cfg.attention)
+                                      kernels=cfg.kernels)
         self.norm_first = cfg.norm_first
-        self.ln_attn = shared.ln_attn if shared else Norm(cfg.d_model, cfg.bias)
+        self.ln_attn = shared.ln_attn if shared else Norm(cfg.d_model, cfg.bias, kernels=cfg.kernels)
         self.attn = shared.attn if shared else attention()
-        self.ln_mlp = shared.ln_mlp if shared else Norm(cfg.d_model, cfg.bias)
+        self.ln_mlp = shared.ln_mlp if shared else Norm(cfg.d_model, cfg.bias, kernels=cfg.kernels)
         self.mlp = shared.mlp if shared else MLP(cfg.d_model, cfg.d_ff or 4 * cfg.d_model, cfg.mlp,
-                                                 cfg.bias, cfg.dropout, proj_std)
-        self.ln_cross = Norm(cfg.d_model, cfg.bias) if cross_attn else None
+                                                 cfg.bias, cfg.dropout, proj_std, cfg.kernels)
+        self.ln_cross = Norm(cfg.d_model, cfg.bias, kernels=cfg.kernels) if cross_attn else None
         self.cross = (self.attn if share_cross_self else attention()) if cross_attn else None
 
     def residual(self, x, norm, sublayer):
@@ -110,7 +108,8 @@ class Stack(Module):
     def __init__(self, cfg, cross_attn=False, share_cross_self=False, shared=None):
         self.blocks = [Block(cfg, cross_attn, share_cross_self, shared.blocks[i] if shared else None)
                        for i in range(cfg.n_layer)]
-        self.ln_final = NORMS[cfg.norm](cfg.d_model, cfg.bias) if cfg.norm_first else None
+        self.ln_final = (NORMS[cfg.norm](cfg.d_model, cfg.bias, kernels=cfg.kernels) if cfg.norm_first
+                         else None)
 
     def forward(self, x, memories=None, every_layer=False, **kwargs):
         """x (B, N, d_model) -> (B, N, d_model); `memories` has one encoder output per block.
@@ -133,13 +132,13 @@ class Embedder(Module):
         self.drop = Dropout(cfg.dropout)
 
     def forward(self, ids, start=0):
-        ids = _array(ids)
+        ids = as_array(ids)                   # where they live: host ids are checked for free
         if ids.ndim != 2:
             raise ValueError(f"token ids must be (batch, sequence), got shape {ids.shape}")
         if start + ids.shape[1] > self.block_size:
             raise ValueError(f"sequence of {start + ids.shape[1]} tokens is longer than "
                              f"block_size={self.block_size}")
-        check_range(ids, 0, self.vocab_size, "token ids")   # free for host ids, as in training
+        check_range(ids, 0, self.vocab_size, "token ids")
         return self.drop(self.positions(self.tokens(ids), start))
 
     def logits(self, h):
@@ -149,13 +148,12 @@ class Embedder(Module):
 
 def lm_loss(logits, targets, loss_mask=None):
     """Next-token cross-entropy; positions where loss_mask is False (or targets are -100) don't count."""
-    targets = _array(targets)
+    targets = as_array(targets)                 # where they live, as ops.cross_entropy checks them
     if loss_mask is not None:
-        loss_mask = _array(loss_mask)
+        loss_mask = as_array(loss_mask, device_of(targets))
         if loss_mask.shape != targets.shape:
             raise ValueError(f"loss_mask of shape {loss_mask.shape} does not match targets {targets.shape}")
-        xp = get_array_module(targets, loss_mask)       # a host mask may meet CUDA targets
-        targets = xp.where(xp.asarray(loss_mask), xp.asarray(targets), -100)
+        targets = get_array_module(targets).where(loss_mask, targets, -100)
     return ops.cross_entropy(logits, targets, ignore_index=-100)
 
 
@@ -201,11 +199,12 @@ class EncoderOnly(Module):
         if self.pool == "first":
             pooled = h[:, 0]
         else:
-            m = numpy.ones(h.shape[:2], dtype=bool) if mask is None else _array(mask)
+            m = (array_module(h.device).ones(h.shape[:2], dtype=bool) if mask is None
+                 else as_array(mask, h.device))
             weights = Tensor(m / m.sum(axis=1, keepdims=True), dtype=h.dtype, device=h.device)   # (B, N)
             pooled = ops.einsum("bnd,bn->bd", h, weights)
         logits = self.head(pooled)
-        return logits, (ops.cross_entropy(logits, _array(labels)) if labels is not None else None)
+        return logits, (ops.cross_entropy(logits, labels) if labels is not None else None)
 
 
 @dataclass
@@ -254,11 +253,6 @@ class EncoderDecoder(Module):
     def forward(self, src, tgt, targets=None, *, src_mask=None):
         logits = self.decode(tgt, self.encode(src, src_mask), src_mask)
         return logits, (lm_loss(logits, targets) if targets is not None else None)
-
-
-def _array(x):
-    """The array of a Tensor, a device array as it is, anything else as a NumPy array."""
-    return x.data if isinstance(x, Tensor) else x if device_of(x) == "cuda" else numpy.asarray(x)
 
 
 __all__ = ["TransformerConfig", "EncoderDecoderConfig", "Block", "Stack", "Embedder", "DecoderOnly",

@@ -1,18 +1,19 @@
 """Every differentiable op as a function on Tensors.
 
 The primitives are Function classes in the modules beside this one (elementwise, reduce,
-shape, einsum, nn); the rest are composed here from them, so they need no backward of their own.
+shape, einsum, fused); the rest are composed here from them, so they need no backward of their own.
+Ops whose arithmetic has a fused kernel (attention, GELU, the norms) take `kernels="auto"`; the
+choice itself is made in kernels/ (kernels.choose).
 """
 import builtins
 
-import numpy
-
 from ..backend import get_array_module
-from ..tensor import Tensor
+from ..tensor import Tensor, as_array
 from .einsum import Einsum
 from .elementwise import (Abs, Add, AsType, Div, Exp, Gelu, Log, Mul, Neg, Pow, Relu, Sigmoid,
-                          Sqrt, Sub, Tanh, ToDevice, Where)
-from .nn import CrossEntropy, Dropout, LogSoftmax, Normalize, Softmax
+                          Sqrt, Sub, Tanh, Transfer, Where)
+from .fused import (Affine, Attention, CrossEntropy, InvertedDropout, LogSoftmax, Normalize,
+                    Softmax)
 from .reduce import Extremum, LogSumExp, Sum, normalize_axes
 from .shape import Concatenate, Expand, GetItem, Permute, Reshape, Take, check_range
 
@@ -32,15 +33,15 @@ def sigmoid(a): return Sigmoid.apply(a)
 def relu(a): return Relu.apply(a)
 
 
-def gelu(a, approximate="none"):
+def gelu(a, approximate="none", kernels="auto"):
     """GELU; approximate="none" uses the exact erf form, "tanh" the approximation GPT-2 used."""
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu approximate must be 'none' or 'tanh', got {approximate!r}")
-    return Gelu.apply(a, approximate=approximate)
+    return Gelu.apply(a, approximate=approximate, kernels=kernels)
 
 
 def astype(a, dtype): return AsType.apply(a, dtype=dtype)
-def to_device(a, device): return ToDevice.apply(a, device=device)
+def transfer(a, device): return Transfer.apply(a, device=device)
 
 
 def where(cond, a, b):
@@ -104,7 +105,7 @@ def unsqueeze(a, axis):
 
 def take(a, indices, axis=0):
     """a's entries along `axis` at integer `indices` (a tensor or array); the embedding lookup."""
-    indices = indices.data if isinstance(indices, Tensor) else _host_or_device(indices)
+    indices = as_array(indices)           # where it lives: checked there by Take
     if indices.dtype.kind not in "iu":
         raise ValueError(f"take: indices must be integers, got {indices.dtype}")
     return Take.apply(a, indices=indices, axis=axis)
@@ -164,31 +165,52 @@ def log_softmax(x, axis=-1): return LogSoftmax.apply(x, axis=axis)
 
 def cross_entropy(logits, targets, ignore_index=-100):
     """Mean -log softmax(logits)[target] over positions whose target is not ignore_index."""
-    targets = targets.data if isinstance(targets, Tensor) else _host_or_device(targets)
+    targets = as_array(targets)
     if targets.dtype.kind not in "iu":
         raise ValueError(f"cross_entropy: targets must be integers, got {targets.dtype}")
-    # checked where they are (free on the host), then moved to the logits' device by apply
+    # checked where they live (free on the host), then moved to the logits' device
     xp = get_array_module(targets)
     check_range(xp.where(targets != ignore_index, targets, 0), 0, logits.shape[-1],
                 f"cross_entropy: targets (other than ignore_index={ignore_index})")
-    return CrossEntropy.apply(logits, targets, ignore_index=ignore_index)
+    return CrossEntropy.apply(logits, as_array(targets, logits.device), ignore_index=ignore_index)
 
 
-def _host_or_device(array):
-    """A NumPy array, or the device array as it is (never an implicit device-to-host copy)."""
-    return array if get_array_module(array) is not numpy else numpy.asarray(array)
+def layer_norm(x, weight=None, bias=None, eps=1e-5, kernels="auto"):
+    return Normalize.apply(x, weight, bias, eps=eps, center=True, kernels=kernels)
 
 
-def layer_norm(x, weight=None, bias=None, eps=1e-5):
-    return Normalize.apply(x, weight, bias, eps=eps, center=True)
-
-
-def rms_norm(x, weight=None, eps=1e-6):
-    return Normalize.apply(x, weight, None, eps=eps, center=False)
+def rms_norm(x, weight=None, eps=1e-6, kernels="auto"):
+    return Normalize.apply(x, weight, None, eps=eps, center=False, kernels=kernels)
 
 
 def dropout(x, p=0.5, training=True):
     """Inverted dropout; the identity when p == 0 or not training."""
     if not training or p == 0:
         return x
-    return Dropout.apply(x, p=p)
+    return InvertedDropout.apply(x, p=p)
+
+
+def linear(x, weight, bias=None):
+    """x @ weight^T + bias, weight (d_out, d_in) as in the papers' W x; x (..., d_in) -> (..., d_out)."""
+    return Affine.apply(x, weight, bias)
+
+
+def scaled_dot_product_attention(q, k, v, *, causal=False, mask=None, window=None, prefix=None,
+                                 scale=None, kernels="auto"):
+    """Attention of queries q (B, H, Nq, D) over keys k and values v (B, Hkv, Nk, D) -> (B, H, Nq, D).
+
+    Hkv must divide H: each group of H / Hkv query heads shares one key/value head (grouped-query
+    attention; Hkv = 1 is multi-query). Query i sits at position i + Nk - Nq, so a query decoded
+    against a KV cache sees everything before it.
+      causal=True   key j is visible to query i only if j <= i's position
+      mask          boolean (B, Nk), False for padding keys that no query may see
+      window=W      (with causal) only the W most recent keys, the query's own included
+      prefix=P      (with causal) keys j < P are visible to all queries: the prefix-LM mask,
+                    bidirectional over the first P tokens and causal after them
+    A query that sees no key at all gets zeros. `kernels` picks the kernel: "auto" (the fused kernel
+    of the tensors' device where it pays), "fused" or "reference" (plain einsum + softmax).
+    """
+    if mask is not None:
+        mask = as_array(mask, q.device)
+    return Attention.apply(q, k, v, mask, causal=causal, window=window, prefix=prefix, scale=scale,
+                           kernels=kernels)

@@ -6,7 +6,7 @@ element feeds several outputs (expand, take with repeated indices) the gradients
 import numpy
 
 from ..autograd import Function
-from ..backend import get_array_module, to_device
+from ..backend import get_array_module, move_array
 
 
 class Reshape(Function):
@@ -66,7 +66,7 @@ def check_index(shape, index):
     def host(i):
         if isinstance(i, tuple):
             return tuple(host(j) for j in i)
-        return to_device(i, "cpu") if hasattr(i, "shape") else i
+        return move_array(i, "cpu") if hasattr(i, "shape") else i
     probe = numpy.lib.stride_tricks.as_strided(numpy.zeros(1, bool), shape, (0,) * len(shape))
     probe[host(index)]
 
@@ -107,7 +107,7 @@ def check_range(indices, low, high, what, where=""):
     if not indices.size:
         return
     bounds = get_array_module(indices).stack([indices.min(), indices.max()])
-    smallest, largest = to_device(bounds, "cpu").tolist()
+    smallest, largest = move_array(bounds, "cpu").tolist()
     if smallest < low or largest >= high:
         raise ValueError(f"{what} must lie in [{max(low, 0)}, {high}){where}, got values from "
                          f"{smallest} to {largest}")
