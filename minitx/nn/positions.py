@@ -12,7 +12,6 @@ import numpy
 
 from .. import ops
 from ..backend import array_module
-from ..tensor import Tensor
 from .layers import Embedding
 from .module import Module
 
@@ -33,8 +32,8 @@ class LearnedPositions(Module):
 
     def forward(self, x, start=0):
         """x (B, N, d_model) + the vectors of positions start..start+N-1."""
-        ids = numpy.arange(start, start + x.shape[1])
-        return x + self.table(Tensor(ids, device=x.device))
+        ids = numpy.arange(start, start + x.shape[1])   # from the host: checked there, then moved
+        return x + self.table(ids)
 
 
 class SinusoidalPositions(Module):

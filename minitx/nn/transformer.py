@@ -14,7 +14,8 @@ from dataclasses import dataclass, fields
 from typing import Optional
 
 from .. import ops
-from ..backend import array_module, get_array_module
+from ..backend import array_module, device_of, get_array_module
+from ..ops.shape import check_range
 from ..tensor import Tensor, as_array
 from .attention import KVCache, MultiHeadAttention
 from .layers import MLP, NORMS, Dropout, Embedding, Linear, residual_std
@@ -131,15 +132,13 @@ class Embedder(Module):
         self.drop = Dropout(cfg.dropout)
 
     def forward(self, ids, start=0):
-        ids = as_array(ids, self.tokens.weight.device)
+        ids = as_array(ids)                   # where they live: host ids are checked for free
         if ids.ndim != 2:
             raise ValueError(f"token ids must be (batch, sequence), got shape {ids.shape}")
         if start + ids.shape[1] > self.block_size:
             raise ValueError(f"sequence of {start + ids.shape[1]} tokens is longer than "
                              f"block_size={self.block_size}")
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got values from "
-                             f"{int(ids.min())} to {int(ids.max())}")
+        check_range(ids, 0, self.vocab_size, "token ids")
         return self.drop(self.positions(self.tokens(ids), start))
 
     def logits(self, h):
@@ -149,9 +148,9 @@ class Embedder(Module):
 
 def lm_loss(logits, targets, loss_mask=None):
     """Next-token cross-entropy; positions where loss_mask is False (or targets are -100) don't count."""
-    targets = as_array(targets, logits.device)
+    targets = as_array(targets)                 # where they live, as ops.cross_entropy checks them
     if loss_mask is not None:
-        loss_mask = as_array(loss_mask, logits.device)
+        loss_mask = as_array(loss_mask, device_of(targets))
         if loss_mask.shape != targets.shape:
             raise ValueError(f"loss_mask of shape {loss_mask.shape} does not match targets {targets.shape}")
         targets = get_array_module(targets).where(loss_mask, targets, -100)

@@ -44,7 +44,7 @@ def train(strategy, cfg, batch_size, steps, clip):
         opt.zero_grad()
         loss.backward()
         strategy.reduce_gradients()
-        norm = strategy.clip_grad_norm(model.parameters(), clip)
+        norm = strategy.clip_grad_norm(model.parameters(), clip).item()
         opt.step()
         history.append((strategy.loss(loss.item()), norm))
     return numpy.array(history), model
