@@ -131,6 +131,7 @@ class ShardedAttention(Module):
         B, N, C = x.shape
         H, Hkv, D = self.n_head, self.n_kv_head, self.d_head                 # this rank's heads
         x = CopyToShards.apply(x, world=self.world)          # f: backward allreduces dL/dx
+        # one process's einsums, with h over this rank's heads only: nothing to send
         q = ops.einsum("bnc,hdc->bhnd", x, self.q.weight.reshape(H, D, C))          # (B, H, N, D)
         kv = ops.einsum("bnc,jgdc->jbgnd", x, self.kv.weight.reshape(2, Hkv, D, C))  # (2, B, Hkv, N, D)
         if self.q.bias is not None:
@@ -144,7 +145,7 @@ class ShardedAttention(Module):
         o = ops.scaled_dot_product_attention(q, k, v, causal=causal, mask=mask,
                                              window=self.window if causal else None,
                                              prefix=prefix if causal else None, kernels=self.kernels)
-        # one process sums over all heads here; this rank over its own: a partial sum
+        # one process's einsum sums over all H heads; here over H/p of them: a partial sum
         y = ops.einsum("bhnd,chd->bnc", o, self.out.weight.reshape(C, H, D))       # (B, N, C)
         y = SumShards.apply(y, world=self.world)             # g: forward allreduces y
         if self.out.bias is not None:
@@ -165,16 +166,16 @@ class ShardedMLP(Module):
 
     def forward(self, x):
         """x (B, N, C), the same on every rank -> (B, N, C), the same on every rank."""
-        x = CopyToShards.apply(x, world=self.world)          # f
-        u = self._hidden(x, self.up)
+        x = CopyToShards.apply(x, world=self.world)          # f: backward allreduces dL/dx
+        u = self._hidden(x, self.up)                         # f over this rank's hidden units
         if self.kind == "gelu":
             u = ops.gelu(u, approximate="tanh", kernels=self.kernels)
         else:
             g = self._hidden(x, self.gate)
             u = g * ops.sigmoid(g) * u
-        # one process sums over all hidden units here; this rank over its own
+        # one process's einsum sums over all F hidden units; here over F/p: a partial sum
         y = ops.einsum("bnf,cf->bnc", u, self.down.weight)                            # (B, N, C)
-        y = SumShards.apply(y, world=self.world)             # g
+        y = SumShards.apply(y, world=self.world)             # g: forward allreduces y
         if self.down.bias is not None:
             y = y + self.down.bias
         return self.drop(y)
