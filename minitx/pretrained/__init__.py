@@ -61,8 +61,8 @@ def from_pretrained(name_or_path, device=None, dtype=None):
             cfg = llama.config(hf)
             model, family = llama.build(cfg), llama
             chat_template = _read_json(path, "tokenizer_config.json", {}).get("chat_template")
-            tokenizer = PretrainedTokenizer(PretrainedTokenizer.from_file(
-                os.path.join(path, "tokenizer.json")).tokenizer, chat_template, hf.get("eos_token_id"))
+            tokenizer = PretrainedTokenizer.from_file(os.path.join(path, "tokenizer.json"),
+                                                      chat_template=chat_template, eos=hf.get("eos_token_id"))
         else:
             cfg = bert.config(hf)
             pooling = _read_json(os.path.join(path, "1_Pooling"), "config.json", {})

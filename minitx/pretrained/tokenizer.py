@@ -21,14 +21,14 @@ class PretrainedTokenizer:
         self.tokenizer, self.chat_template, self.eos = tokenizer, chat_template, eos
 
     @classmethod
-    def from_file(cls, path, max_length=None):
+    def from_file(cls, path, max_length=None, chat_template=None, eos=None):
         """A tokenizer.json; max_length truncates longer inputs (Sentence-BERT's max_seq_length)."""
         from tokenizers import Tokenizer
         tokenizer = Tokenizer.from_file(path)
         tokenizer.no_padding()
         if max_length:
             tokenizer.enable_truncation(max_length)
-        return cls(tokenizer)
+        return cls(tokenizer, chat_template, eos)
 
     @classmethod
     def from_gguf(cls, meta):
