@@ -109,10 +109,13 @@ def test_smollm_greedy_reply_with_kv_cache_is_the_reference(smollm):
 @needs_smollm
 def test_smollm_float64_agrees_far_more_tightly(smollm):
     model, _ = smollm
-    wide = nn.DecoderOnly(model.config)
-    wide.load_state_dict(model.state_dict())  # what from_pretrained(dtype="float64") does, without re-reading
-    wide.to(dtype="float64")
-    assert relative_error(last_logits(wide, REF["prompt_ids"][0]), ARRAYS["logits_float64_0"]) <= 1e-12
+    model.to(dtype="float64")  # from_pretrained(dtype="float64")'s last step, without re-reading the file
+    try:
+        logits = last_logits(model, REF["prompt_ids"][0])
+    finally:
+        model.to(dtype="float32")  # exact: every float32 is a float64
+    assert logits.dtype == numpy.float64
+    assert relative_error(logits, ARRAYS["logits_float64_0"]) <= 1e-12
 
 
 @pytest.mark.parametrize("name", [pytest.param("all-minilm-l6-v2", marks=needs_minilm),
@@ -124,7 +127,7 @@ def test_gradcheck_through_one_loaded_block(name, request):
     block.to(dtype="float64")
     causal = isinstance(model, nn.DecoderOnly)
     x = mx.randn(1, 4, model.config.d_model, dtype="float64", requires_grad=True)
-    assert mx.gradcheck(lambda x, *p: block(x, causal=causal), [x] + block.parameters(), n_directions=2)
+    assert mx.gradcheck(lambda x, *p: block(x, causal=causal), [x] + block.parameters(), n_directions=1)
 
 
 # --- loading: the GGUF row order, a Llama safetensors folder, and the errors --------------------
