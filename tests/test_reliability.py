@@ -368,3 +368,35 @@ def test_damaged_checkpoints_are_refused_in_one_line(kind, command, good_run, tm
         code = tiny_train(root / "corpus.txt", run, "--max-iters", "6", "--eval-interval", "2", "--resume")
     assert message in one_line_error(capsys, code)
     assert (run / "checkpoint.npz").read_bytes() == before, "a refused checkpoint is left as it was"
+
+
+# --- the full runs (`python -m pytest -m slow`) ----------------------------------------------------
+@pytest.mark.slow
+def test_the_default_run_reaches_its_validation_loss(tmp_path):
+    """README's promise: `python -m minitx train` reaches about 1.90 nats per character on the
+    whole validation split (PyTorch: 1.88 to 1.90); minutes on 2 cores."""
+    summary = train(minitx.train.preset("shakespeare-cpu", out_dir=str(tmp_path / "run"), sample_tokens=0),
+                    progress=False, say=lambda *args: None)
+    assert summary["steps_run"] == 2000 and summary["val_loss_full"] <= 1.95
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after_records", [3, 9, 15])
+def test_a_run_killed_outright_resumes_to_the_uninterrupted_losses(after_records, corpus, tmp_path):
+    """SIGKILL (no handler runs) at a few points; the resumed run repeats the steps since the last
+    checkpoint and ends with exactly the losses of a run never stopped."""
+    common = ["train", "--data", str(corpus), "--max-iters", "40", "--eval-interval", "5",
+              "--dropout", "0.1", *TINY]
+    subprocess.run([sys.executable, "-m", "minitx", *common, "--out-dir", str(tmp_path / "full")],
+                   cwd=ROOT, check=True, capture_output=True)
+    out = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "minitx", *common, "--out-dir", str(out)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = out / "metrics.jsonl"
+    while proc.poll() is None and (not metrics.exists() or len(metrics.read_text().splitlines()) < after_records):
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    subprocess.run([sys.executable, "-m", "minitx", *common, "--out-dir", str(out), "--resume"],
+                   cwd=ROOT, check=True, capture_output=True)
+    assert losses(out) == losses(tmp_path / "full")
