@@ -22,8 +22,8 @@ from typing import Optional
 import numpy
 
 from . import backend, checkpoint, data, nn, random
-from .config_check import check_train_config
 from .autograd import no_grad
+from .config_check import check_train_config
 from .generate import generate
 from .optim import AdamW, clip_grad_norm, cosine_schedule
 from .tokenizer import Tokenizer
