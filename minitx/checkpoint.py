@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy
 
-from . import backend, nn
+from . import backend, nn, random
 from .autograd import no_grad
 from .config_check import check_train_config
 from .tokenizer import Tokenizer
@@ -136,8 +136,12 @@ def read_run(path):
 def _check_arrays(arrays, model_config, dtype, n_steps, fault):
     """Weights "model/NAME" and optimizer moments "optim/I/KIND" (none before the first step,
     the same kinds for every parameter after it): names, shapes, dtype and finiteness."""
-    with backend.default_device_as("cpu"), no_grad():
-        params = list(nn.DecoderOnly(model_config).named_parameters())
+    state = random.get_rng_state()  # building draws initial weights: leave the stream as it was
+    try:
+        with backend.default_device_as("cpu"), no_grad():
+            params = list(nn.DecoderOnly(model_config).named_parameters())
+    finally:
+        random.set_rng_state(state)
     expected = {f"model/{name}": p.shape for name, p in params}
     kinds = sorted({name.rsplit("/", 1)[1] for name in arrays if name.startswith("optim/")})
     if n_steps and not kinds:

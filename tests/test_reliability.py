@@ -400,3 +400,12 @@ def test_a_run_killed_outright_resumes_to_the_uninterrupted_losses(after_records
     subprocess.run([sys.executable, "-m", "minitx", *common, "--out-dir", str(out), "--resume"],
                    cwd=ROOT, check=True, capture_output=True)
     assert losses(out) == losses(tmp_path / "full")
+
+
+def test_checking_a_checkpoint_leaves_the_random_stream_as_it_was(good_run):
+    root = good_run[0]
+    minitx.manual_seed(3)
+    expected = minitx.randn(4).numpy()
+    minitx.manual_seed(3)
+    checkpoint.read_run(root / "run" / "checkpoint.npz")
+    assert (minitx.randn(4).numpy() == expected).all()
