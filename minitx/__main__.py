@@ -8,9 +8,16 @@ import sys
 import typing
 from dataclasses import fields
 
+if getattr(sys.modules[__spec__.parent], "__file__", None) is None:
+    # `python -m minitx` in a directory holding a folder named minitx (a checkout, say): Python
+    # takes that folder for the package, an empty "namespace package", and imports nothing of it
+    sys.exit(f"error: Python took the folder {list(sys.modules[__spec__.parent].__path__)[0]} for the "
+             "minitx package; run `python -m minitx` from another directory, or the `minitx` command")
+
 import numpy
 
-from . import backend, checkpoint, nn, use_fast_cpu_settings
+from . import backend, nn, use_fast_cpu_settings
+from .config_check import check_sampling
 from .train import PRESETS, TrainConfig, load_model, preset, train
 
 
@@ -46,11 +53,11 @@ def add_config_flags(parser):
 
 
 def config_from_args(args):
-    model_names = {f.name for f in fields(nn.TransformerConfig)}
+    own_names = {f.name for f in fields(TrainConfig)}  # vocab_size is TrainConfig's (BPE's size)
     overrides = {name: getattr(args, name) for name, _ in config_fields()
                  if getattr(args, name) is not None}
-    model = {k: v for k, v in overrides.items() if k in model_names}
-    own = {k: v for k, v in overrides.items() if k not in model_names}
+    model = {k: v for k, v in overrides.items() if k not in own_names}
+    own = {k: v for k, v in overrides.items() if k in own_names}
     return preset(args.preset, model=model, **own)
 
 
@@ -62,6 +69,7 @@ def cmd_train(args):
 
 
 def cmd_sample(args):
+    check_sampling(args.tokens, args.temperature, args.top_k)  # before the model is loaded
     model, tokenizer, meta = load_model(f"{args.run}/checkpoint.npz", args.device)
     from .generate import generate
     try:
@@ -145,8 +153,17 @@ def cmd_experiment(args):
     experiments.run(args.name, args.out_dir, device=args.device, size=args.size)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a hint where a negative number was taken for a flag (`--lr -1e-3`)."""
+
+    def error(self, message):
+        if "expected one argument" in message:
+            message += " (a value that starts with '-' needs '=': --lr=-1e-3)"
+        super().error(message)
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m minitx", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m minitx", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a decoder-only model on a text corpus")
@@ -161,7 +178,7 @@ def build_parser():
     p.add_argument("--prompt", default="\n")
     p.add_argument("--tokens", type=int, default=500)
     p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=200)
+    p.add_argument("--top-k", type=_none_or(int), default=200, help="none: every token")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="re-run the whole context for every token")
     p.add_argument("--device", default="cpu", choices=backend.DEVICES)
@@ -200,8 +217,9 @@ def main(argv=None):
     use_fast_cpu_settings()
     try:
         args.handler(args)  # each command's function, set by its subparser
-    except (ValueError, RuntimeError, FileNotFoundError, FileExistsError, ModuleNotFoundError,
-            checkpoint.CheckpointError, FloatingPointError) as error:
+    # (CheckpointError and ConfigError are ValueErrors; FileNotFoundError, a full disk are OSErrors;
+    # ModuleNotFoundError: a published model's package or an extra is not installed)
+    except (ValueError, RuntimeError, OSError, ModuleNotFoundError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
