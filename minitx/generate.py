@@ -9,6 +9,7 @@ block_size // 2 tokens (positions must stay below block_size), so long samples c
 import numpy
 
 from .autograd import no_grad
+from .config_check import check_sampling
 from .nn import KVCache
 
 
@@ -29,8 +30,7 @@ def generate(model, ids, n_tokens, rng, temperature=1.0, top_k=None, use_cache=T
     """Yield `n_tokens` new token ids after the prompt `ids` (a list of ints)."""
     if not ids:
         raise ValueError("generation needs a prompt of at least one token")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    check_sampling(n_tokens, temperature, top_k)
     block_size = model.config.block_size
     model.eval()
     context = list(ids)

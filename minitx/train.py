@@ -7,11 +7,12 @@
         loss.backward(); clip the gradient norm; AdamW step
         every eval_interval steps: estimate train/val loss, write a checkpoint
 Everything a run needs to continue exactly (weights, optimizer moments, step, both random
-generators) goes into the checkpoint, so `--resume` picks up where it stopped, and Ctrl-C
-finishes the current step and saves before exiting.
+generators) goes into the checkpoint, so `--resume` picks up where it stopped, and Ctrl-C or
+SIGTERM finishes the current step and saves before exiting.
 """
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -22,6 +23,7 @@ import numpy
 
 from . import backend, checkpoint, data, distributed, nn, random
 from .autograd import no_grad
+from .config_check import check_train_config
 from .generate import generate
 from .optim import AdamW, cosine_schedule
 from .tokenizer import Tokenizer
@@ -87,14 +89,35 @@ def build_model(cfg, vocab_size):
 
 
 class Run:
-    """A run directory: checkpoint.npz, metrics.jsonl, loss.png. Of the ranks of a parallel run,
-    only rank 0's Run writes (`writes`)."""
+    """A run directory: checkpoint.npz, metrics.jsonl, loss.png, summary.json. Of the ranks of a
+    parallel run, only rank 0's Run writes (`writes`)."""
 
     def __init__(self, out_dir, writes=True):
         self.dir, self.writes = Path(out_dir), writes
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint = self.dir / "checkpoint.npz"
         self.metrics = self.dir / "metrics.jsonl"
+
+    def open(self, resume):
+        """Make the directory and prove it writable, before any data is prepared; refuse to start
+        a fresh run over the files of another one (its metrics would be appended to)."""
+        if self.dir.exists() and not self.dir.is_dir():
+            raise NotADirectoryError(f"--out-dir {self.dir} is a file, not a directory")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise OSError(f"cannot write to --out-dir {self.dir}: {error.strerror or error}") from None
+        if resume:
+            if not self.checkpoint.exists():
+                raise FileNotFoundError(f"no checkpoint to resume in {self.dir}: "
+                                        "train without --resume to start this run")
+            return
+        earlier = [f.name for f in (self.checkpoint, self.metrics, self.dir / "summary.json") if f.exists()]
+        if earlier:
+            raise FileExistsError(f"{self.dir} holds another run ({', '.join(earlier)}): pass --resume "
+                                  "to continue it, or choose another --out-dir")
 
     def log(self, record):
         if not self.writes:
@@ -103,9 +126,26 @@ class Run:
             f.write(json.dumps(record) + "\n")
 
     def records(self):
+        """The logged records; a last line cut short by a crash mid-write is dropped, any other
+        damaged line is an error naming the file and the line."""
         if not self.metrics.exists():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        lines = self.metrics.read_text(errors="replace").splitlines()
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if not (isinstance(record, dict) and isinstance(record.get("step"), int)):
+                if number == len(lines):
+                    break
+                raise ValueError(f"{self.metrics}, line {number}, is not a record of this run: "
+                                 "repair or delete that line to resume")
+            records.append(record)
+        return records
 
     def truncate_after(self, step):
         """Forget what was logged after the checkpoint a resumed run starts from (the resumed run
@@ -135,19 +175,17 @@ def save_state(run, cfg, model, opt, tokenizer, step, batch_rng, strategy):
 
 def load_model(path, device="cpu"):
     """(model, tokenizer, meta) from a checkpoint file, ready for sampling."""
-    meta, arrays = checkpoint.load(path)
+    meta, arrays = checkpoint.read_run(path)
     with backend.default_device_as(device):
         model = nn.DecoderOnly(nn.TransformerConfig.from_dict(meta["model_config"]))
-    try:
-        model.load_state_dict(checkpoint.split_prefix(arrays, "model/"))
-    except ValueError as error:
-        raise checkpoint.CheckpointError(f"checkpoint {path} does not fit its own config: {error}")
+    model.load_state_dict(checkpoint.split_prefix(arrays, "model/"))
     return model, Tokenizer.from_dict(meta["tokenizer"]), meta
 
 
-def _restore(run, cfg, model, opt, batch_rng, strategy):
-    """Load the run's checkpoint into model, optimizer and generators; returns its step."""
-    meta, arrays = checkpoint.load(run.checkpoint)
+def _restore(saved, run, cfg, model, opt, batch_rng, strategy):
+    """Load the checkpoint `saved` (checkpoint.read_run's (meta, arrays)) into model, optimizer
+    and generators, if it comes from this config; returns its step."""
+    meta, arrays = saved
     pairs = [(meta["config"], cfg, DATA_FIELDS),
              (meta["model_config"], model.config,
               [f.name for f in fields(model.config) if f.name not in FREE_MODEL_FIELDS])]
@@ -190,11 +228,13 @@ def estimate_loss(model, tokens, cfg, n_batches=None, seed=0, strategy=None):
 
 
 class _DeferredInterrupt:
-    """Turn the first Ctrl-C into a flag checked between steps (a second one stops at once)."""
+    """Turn the first Ctrl-C (SIGINT) or SIGTERM (what schedulers and `docker stop` send) into a
+    flag checked between steps; a second signal stops at once."""
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self):
         self.requested = False
-        self.previous = signal.signal(signal.SIGINT, self._handler)
+        self.previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
         return self
 
     def _handler(self, signum, frame):
@@ -203,7 +243,8 @@ class _DeferredInterrupt:
         self.requested = True
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def train(cfg, resume=False, progress=True, say=print):
@@ -219,14 +260,14 @@ def train(cfg, resume=False, progress=True, say=print):
 
 
 def _train(cfg, strategy, resume, progress, say):
+    check_train_config(cfg)
     backend.check_device(cfg.device)
     run = Run(cfg.out_dir, writes=strategy.is_main)
-    if run.checkpoint.exists() and not resume:
-        raise FileExistsError(f"{run.checkpoint} exists: pass --resume to continue that run, "
-                              "or choose another --out-dir")
+    run.open(resume)
     tokenizer = cfg.tokenizer
     if resume:
-        tokenizer = Tokenizer.from_dict(checkpoint.load(run.checkpoint)[0]["tokenizer"])
+        saved = checkpoint.read_run(run.checkpoint)  # checked whole before data or model are made
+        tokenizer = Tokenizer.from_dict(saved[0]["tokenizer"])
     with strategy.world.main_first():  # rank 0 writes the token cache, the others read it
         tokenizer, train_tokens, val_tokens = data.prepare(cfg.data, tokenizer, cfg.vocab_size)
     block_size = cfg.model.block_size
@@ -241,7 +282,7 @@ def _train(cfg, strategy, resume, progress, say):
     model = strategy.prepare(model)
     opt = AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     batch_rng = numpy.random.default_rng(cfg.seed)
-    step = _restore(run, cfg, model, opt, batch_rng, strategy) if resume else 0
+    step = _restore(saved, run, cfg, model, opt, batch_rng, strategy) if resume else 0
     if resume:
         run.truncate_after(step)
         say(f"resuming {run.checkpoint} at step {step}")
@@ -252,7 +293,7 @@ def _train(cfg, strategy, resume, progress, say):
 
     bar = _progress(cfg.max_iters, step, progress)
     tokens_per_step = strategy.global_batch(cfg.batch_size) * block_size
-    started, interrupted = time.perf_counter(), False
+    started, first_step, interrupted = time.perf_counter(), step, False
     step_times = []
     with _DeferredInterrupt() as interrupt:
         while step < cfg.max_iters and not strategy.world.any(interrupt.requested):
@@ -277,8 +318,7 @@ def _train(cfg, strategy, resume, progress, say):
             dt = time.perf_counter() - t0
             step += 1
             step_times.append(dt)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss} at step {step}; try a lower --lr")
+            _stop_if_not_finite(loss, grad_norm, step)
             run.log({"step": step, "loss": loss, "lr": opt.lr, "grad_norm": grad_norm, "ms": 1e3 * dt})
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_step / dt:,.0f}")
@@ -290,13 +330,13 @@ def _train(cfg, strategy, resume, progress, say):
             "continue with --resume")
         return {"interrupted": True, "step": step}
 
-    summary = {"step": step, "wall_s": time.perf_counter() - started,
+    summary = {"step": step, "steps_run": step - first_step, "wall_s": time.perf_counter() - started,
                "ms_per_iter": 1e3 * float(numpy.median(step_times)) if step_times else None,
                "n_params": n_params, "flops_per_token": flops_per_token}
     summary.update(_evaluate(run, cfg, model, train_tokens, val_tokens, step, say, strategy,
                              full=cfg.full_eval))
     if summary["ms_per_iter"]:
-        say(f"{step} iterations in {summary['wall_s']:.1f} s, {summary['ms_per_iter']:.1f} ms/iter "
+        say(f"{summary['steps_run']} iterations in {summary['wall_s']:.1f} s, {summary['ms_per_iter']:.1f} ms/iter "
             f"(median), {flops_per_token * tokens_per_step / summary['ms_per_iter'] / 1e6:.2f} GFLOP/s")
     if cfg.sample_tokens:  # every rank samples: a tensor-parallel forward needs all of them
         rng = numpy.random.default_rng(cfg.seed)
@@ -317,6 +357,16 @@ def _host_floats(*scalars):
     xp = backend.get_array_module(*arrays)
     values = iter(backend.move_array(xp.stack([a.astype(xp.float64) for a in arrays]), "cpu").tolist())
     return tuple(None if s is None else next(values) for s in scalars)
+
+
+def _stop_if_not_finite(loss, grad_norm, step):
+    """A NaN or infinite loss or gradient norm ends the run before anything is saved (the
+    checkpoint of the last evaluation stays as it was): training on would spread it into every
+    weight."""
+    for name, value in (("loss", loss), ("gradient norm", grad_norm)):
+        if value is not None and not math.isfinite(value):
+            raise FloatingPointError(f"the {name} became {value} at step {step}; the last checkpoint "
+                                     "is intact: try a lower --lr or a --grad-clip")
 
 
 def _evaluate(run, cfg, model, train_tokens, val_tokens, step, say, strategy, full=False):
