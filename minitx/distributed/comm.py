@@ -15,6 +15,7 @@ collective a no-op, and no need for mpi4py. The same training code runs either w
 import contextlib
 import os
 import sys
+import time
 import traceback
 
 import numpy
@@ -93,6 +94,7 @@ class Communicator:
         """Print `message` with this rank's name and end every rank of the job now."""
         print(f"minitx: rank {self.rank} of {self.size}: {message}; aborting all ranks "
               "(MPI_Abort)", file=sys.stderr, flush=True)
+        time.sleep(0.5)  # mpiexec relays output through a pipe: let it pass before the job ends
         self.comm.Abort(code)
 
     @contextlib.contextmanager
