@@ -108,7 +108,7 @@ def build_parser():
     p.add_argument("--device", default="cpu", choices=backend.DEVICES)
     p.set_defaults(handler=cmd_sample)
 
-    p = sub.add_parser("experiment", help="run one of the experiments (arch, chat-cache, scaling)")
+    p = sub.add_parser("experiment", help="run one of the experiments (arch, chat-cache, precision, scaling)")
     p.add_argument("name")
     p.add_argument("--out-dir", default=None)
     p.add_argument("--device", default="cpu", choices=backend.DEVICES)
