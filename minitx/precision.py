@@ -16,7 +16,7 @@ The backward does the same with gradients: each node's incoming gradient is roun
 every gradient it returns. Gradients reaching a master weight accumulate into its float32 `.grad`,
 and the optimizer updates the float32 weights: small updates are not lost to a short format.
 
-Two kinds of ops are exempt (`Policy.rule`):
+Two kinds of ops are exempt (`Policy.exempt`):
   float32  softmax, log-softmax, log-sum-exp, the norms and the loss: computed and kept in float32
            (neither their inputs nor their outputs are rounded, in either direction), because
            exponentials, variances and the loss are where a short format loses most
@@ -67,7 +67,7 @@ def round_to(x, fmt):
 
 
 def _overflow_allowed():
-    """No NumPy warnings for overflow to inf and the NaNs that follow: in a short format they are
+    """No NumPy warnings (CuPy gives none) for overflow to inf and the NaNs that follow: in a short format they are
     expected, and the loss scaler is what deals with them."""
     return numpy.errstate(over="ignore", invalid="ignore")
 
@@ -86,9 +86,9 @@ class Policy:
             raise ValueError(f"a precision policy needs 'bf16' or 'fp16', got {fmt!r}")
         self.fmt = fmt
         from .ops import elementwise, fused, reduce, shape  # ops sit above this module
-        self.rule = {op: "float32" for op in (fused.Softmax, fused.LogSoftmax, fused.CrossEntropy,
+        self.exempt = {op: "float32" for op in (fused.Softmax, fused.LogSoftmax, fused.CrossEntropy,
                                               fused.Normalize, reduce.LogSumExp)}
-        self.rule.update({op: "exact" for op in (shape.Reshape, shape.Permute, shape.Expand,
+        self.exempt.update({op: "exact" for op in (shape.Reshape, shape.Permute, shape.Expand,
                                                  shape.GetItem, shape.Take, shape.Concatenate,
                                                  elementwise.Where, elementwise.Transfer)})
 
@@ -99,7 +99,7 @@ class Policy:
         """ctx.fn's forward on the rounded inputs, its output rounded in place."""
         ctx.policy = self
         with _overflow_allowed():
-            if ctx.fn in self.rule:
+            if ctx.fn in self.exempt:
                 return ctx.fn.forward(ctx, *arrays, **params)
             out = ctx.fn.forward(ctx, *[round_to(a, self.fmt) for a in arrays], **params)
         if out.dtype != numpy.float32:
@@ -111,17 +111,12 @@ class Policy:
     def backward(self, ctx, grad):
         """ctx.fn's backward on the rounded gradient, the gradients it returns rounded."""
         with _overflow_allowed():
-            if ctx.fn in self.rule:
+            if ctx.fn in self.exempt:
                 return ctx.fn.backward(ctx, grad)
-            grads = ctx.fn.backward(ctx, self.round_grad(grad))
+            grads = ctx.fn.backward(ctx, round_to(grad, self.fmt))
         if not isinstance(grads, tuple):
-            return self.round_grad(grads)
-        return tuple(self.round_grad(g) for g in grads)
-
-    def round_grad(self, g):
-        """A gradient rounded to the format; a subclass may also look at it (the experiment
-        counts what would underflow)."""
-        return round_to(g, self.fmt)
+            return round_to(grads, self.fmt)
+        return tuple(round_to(g, self.fmt) for g in grads)
 
 
 _policy = None   # the policy ops run under now; None = float32 as written
@@ -180,11 +175,15 @@ class LossScaler:
         return finite
 
     def unscale(self, params):
-        """Divide every parameter's .grad by the scale in place; True if all are finite."""
+        """Divide every parameter's .grad by the scale in place; True if all are finite (one
+        device-to-host copy on the GPU, of one flag)."""
         grads = [p.grad.data for p in params if p.grad is not None]
+        if not grads:
+            return True
+        xp = get_array_module(*grads)
         for g in grads:
             g *= 1 / self.scale
-        return all(bool(get_array_module(g).isfinite(g).all()) for g in grads)
+        return bool(xp.stack([xp.isfinite(g).all() for g in grads]).all())
 
     def update(self, finite):
         """After a step: halve the scale and count a skip if it had non-finite gradients, else
