@@ -174,15 +174,20 @@ def describe(results):
 
 def plot(out_dir, results, magnitudes):
     plt = report.pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(18, 4.5), width_ratios=(1, 1, 1.4))
+    reference = dict(results["runs"]["fp32"]["curve"])
     for name, r in results["runs"].items():
         steps, loss = numpy.array(r["curve"]).T if r["curve"] else ([], [])
         window = max(1, len(loss) // 20)
         smooth = numpy.convolve(loss, numpy.ones(window) / window, mode="valid") if len(loss) else loss
-        val = f"{r['val_loss']:.3f}" if r["val_loss"] is not None else "diverged"
+        val = f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "diverged"
         left.plot(steps[window - 1:], smooth, lw=1.2, label=f"{name} (val {val})")
+        middle.plot(steps, [l - reference.get(int(step), numpy.nan) for step, l in zip(steps, loss)],
+                    lw=0.8, label=name)
     left.set(xlabel="step", ylabel="training loss (moving average)", title="loss curves")
     left.legend(fontsize=8)
+    middle.set(xlabel="step", ylabel="batch loss minus fp32's", title="difference from fp32, step by step")
+    middle.legend(fontsize=8)
 
     c = results["census"]
     g = numpy.log2(magnitudes[magnitudes > 0].astype(numpy.float64))
