@@ -12,7 +12,7 @@ from minitx.__main__ import main
 from minitx.ops.fused import CrossEntropy
 from minitx.precision import LossScaler, autocast, round_to
 
-from test_train import TINY, corpus  # noqa: F401  (corpus is a fixture)
+from test_train import TEXT, TINY
 
 
 def bits(x):
@@ -176,11 +176,18 @@ def test_loss_scaling_skips_exactly_the_steps_with_non_finite_gradients():
     assert restored.state_dict() == scaler.state_dict()
 
 
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT)
+    return path
+
+
 def summary(out):
     return json.loads((out / "summary.json").read_text())
 
 
-def test_short_bf16_run_reaches_the_fp32_validation_loss(corpus, tmp_path):  # noqa: F811
+def test_short_bf16_run_reaches_the_fp32_validation_loss(corpus, tmp_path):
     val = {}
     for p in ("fp32", "bf16"):
         out = tmp_path / p
@@ -190,7 +197,7 @@ def test_short_bf16_run_reaches_the_fp32_validation_loss(corpus, tmp_path):  # n
     assert val["fp32"] < 2.0 and abs(val["bf16"] - val["fp32"]) < 0.05, val
 
 
-def test_fp16_run_logs_the_scale_and_resumes_exactly(corpus, tmp_path):  # noqa: F811
+def test_fp16_run_logs_the_scale_and_resumes_exactly(corpus, tmp_path):
     """A first scale of 2^24 overflows: the run skips steps and halves it. Stopping after 8 steps
     and resuming to 16 reproduces the run that went straight to 16 (the scaler is in the
     checkpoint), while the weights stay float32."""
@@ -204,17 +211,17 @@ def test_fp16_run_logs_the_scale_and_resumes_exactly(corpus, tmp_path):  # noqa:
     assert full[0]["skipped"] == 1 and full[0]["loss_scale"] == 2.0 ** 23
     assert full[-1]["skipped"] < 8 and full[-1]["loss_scale"] == 2.0 ** (24 - full[-1]["skipped"])
     assert len(full) == 16 and cut == full
+    with numpy.load(tmp_path / "full" / "checkpoint.npz") as f:
+        assert {f[k].dtype for k in f.files if k != "__meta__"} == {numpy.dtype(numpy.float32)}
 
 
 def step_records(run_dir):
     """The per-step records of a run's log, without their timings."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if k != "ms"} for r in records if "loss" in r]
-    with numpy.load(tmp_path / "full" / "checkpoint.npz") as f:
-        assert {f[k].dtype for k in f.files if k != "__meta__"} == {numpy.dtype(numpy.float32)}
 
 
-def test_precision_needs_float32_master_weights(corpus, tmp_path, capsys):  # noqa: F811
+def test_precision_needs_float32_master_weights(corpus, tmp_path, capsys):
     assert main(["train", "--data", str(corpus), "--out-dir", str(tmp_path), *TINY,
                  "--precision", "bf16", "--dtype", "float64"]) == 1
     assert "needs --dtype float32" in capsys.readouterr().err
