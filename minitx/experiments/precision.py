@@ -141,9 +141,10 @@ def run(out_dir, device="cpu", size="default"):
 
 def describe(results):
     s, runs, c = results["settings"], results["runs"], results["census"]
-    model = ", ".join(f"{k}={v}" for k, v in s["model"].items()) or "unchanged"
+    changed = ", ".join(f"{k}={v}" for k, v in s["model"].items())
+    model = f" (model fields changed: {changed})" if changed else ""
     lines = ["# precision: float32, bfloat16, float16 without and with loss scaling", "",
-             f"The shakespeare-cpu preset (model fields changed: {model}) trained for {s['steps']} "
+             f"The shakespeare-cpu preset{model} trained for {s['steps']} "
              f"steps of {s['batch_size']} sequences, lr {s['lr']} with warmup and cosine decay, in "
              f"four precisions; weights, gradients and AdamW stay float32 in all four. Validation "
              f"loss: float32 on the first {s['eval_tokens']:,} validation tokens. Device: "
