@@ -5,6 +5,7 @@ non-zero exit, everything else in minitx.train / minitx.generate / minitx.experi
 """
 import argparse
 import sys
+import time
 import typing
 from dataclasses import fields
 
@@ -63,22 +64,37 @@ def cmd_train(args):
 
 def cmd_sample(args):
     model, tokenizer, meta = load_model(f"{args.run}/checkpoint.npz", args.device)
-    from .generate import generate
+    from .generate import SpeculationStats, generate
+    draft = None
+    if args.draft_run is not None:
+        draft, draft_tokenizer, _ = load_model(f"{args.draft_run}/checkpoint.npz", args.device)
+        if draft_tokenizer.to_dict() != tokenizer.to_dict():
+            raise ValueError(f"the draft run {args.draft_run} has another tokenizer than {args.run}")
     try:
         prompt = tokenizer.encode(args.prompt)
     except ValueError as error:
         raise ValueError(f"prompt: {error}") from None
-    rng = numpy.random.default_rng(args.seed)
+    sample = lambda **kw: generate(model, prompt, args.tokens, numpy.random.default_rng(args.seed),
+                                   args.temperature, args.top_k, use_cache=not args.no_cache, **kw)
+    stats = SpeculationStats()
     print(args.prompt, end="", flush=True)
     ids, shown = [], ""
-    for token in generate(model, prompt, args.tokens, rng, args.temperature, args.top_k,
-                          use_cache=not args.no_cache):
+    started = time.perf_counter()
+    for token in sample(draft=draft, n_draft=args.n_draft, stats=stats):
         ids.append(token)
         text = tokenizer.decode(ids)
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
             print(text[len(shown):], end="", flush=True)
             shown = text
     print()
+    if draft is not None:
+        speculative = len(ids) / (time.perf_counter() - started)
+        started = time.perf_counter()
+        plain = len(list(sample())) / (time.perf_counter() - started)
+        print(f"speculative, {args.n_draft} drafts a round: acceptance rate {stats.acceptance_rate:.2f}, "
+              f"{stats.tokens_per_round:.2f} tokens per target pass, {speculative:.1f} tokens/s; "
+              f"plain cached decoding: {plain:.1f} tokens/s (speed-up {speculative / plain:.2f}x)",
+              file=sys.stderr)
 
 
 def cmd_experiment(args):
@@ -105,6 +121,9 @@ def build_parser():
     p.add_argument("--top-k", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="re-run the whole context for every token")
+    p.add_argument("--draft-run", default=None,
+                   help="a smaller run with the same tokenizer: decode speculatively with it as the draft")
+    p.add_argument("--n-draft", type=int, default=4, help="tokens the draft proposes per round")
     p.add_argument("--device", default="cpu", choices=backend.DEVICES)
     p.set_defaults(handler=cmd_sample)
 

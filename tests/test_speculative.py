@@ -10,6 +10,7 @@ from scipy.stats import chi2
 
 import minitx as mx
 from minitx import nn
+from minitx.__main__ import main
 from minitx.generate import SpeculationStats, distribution, generate, sample, speculative_accept
 
 
@@ -96,7 +97,7 @@ def test_bad_arguments_are_named():
     run = lambda **kw: list(generate(target, [1, 2], 5, np.random.default_rng(0), **kw))
     with pytest.raises(ValueError, match="n_draft must be >= 1, got 0"):
         run(draft=target, n_draft=0)
-    with pytest.raises(ValueError, match=r"draft's vocabulary \(12 tokens\) differs from the target's \(11\)"):
+    with pytest.raises(ValueError, match=r"vocabulary \(12 tokens\) differs from the target's \(11\)"):
         run(draft=draft)
     with pytest.raises(ValueError, match="needs the KV cache"):
         run(draft=target, use_cache=False)
@@ -189,3 +190,31 @@ def test_speculative_samples_of_real_transformers_follow_the_targets_distributio
             model.embed.tokens.weight.data *= 40
     assert speculative_p_value(target, draft, speculative_accept, 20_000) > 1e-3
     assert speculative_p_value(target, draft, always_accept, 20_000) < 1e-6
+
+
+# --- the command line -------------------------------------------------------------------------------
+def test_sample_with_a_draft_run_prints_the_same_greedy_text_and_the_acceptance_rate(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40)
+    common = ["--data", str(corpus), "--block-size", "16", "--batch-size", "4", "--max-iters", "30",
+              "--eval-iters", "1", "--sample-tokens", "0", "--quiet"]
+    for name, size in (("target", ["--n-layer", "2", "--d-model", "32"]),
+                       ("draft", ["--n-layer", "1", "--d-model", "16"])):
+        assert main(["train", "--out-dir", str(tmp_path / name), "--n-head", "2", *size, *common]) == 0
+    capsys.readouterr()
+    sample = ["sample", "--run", str(tmp_path / "target"), "--prompt", "First", "--tokens", "30",
+              "--temperature", "0"]
+    assert main(sample) == 0
+    plain = capsys.readouterr().out
+    assert main([*sample, "--draft-run", str(tmp_path / "draft"), "--n-draft", "3"]) == 0
+    out = capsys.readouterr()
+    assert out.out == plain
+    assert "acceptance rate" in out.err and "plain cached decoding" in out.err and "tokens/s" in out.err
+
+    other = tmp_path / "other.txt"
+    other.write_text("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ:,.\n" * 40)
+    assert main(["train", "--out-dir", str(tmp_path / "other"), "--n-layer", "1", "--n-head", "2",
+                 "--d-model", "16", *common[2:], "--data", str(other)]) == 0
+    capsys.readouterr()
+    assert main([*sample, "--draft-run", str(tmp_path / "other")]) == 1
+    assert "has another tokenizer" in capsys.readouterr().err
