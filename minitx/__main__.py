@@ -91,8 +91,9 @@ def cmd_sample(args):
         speculative = len(ids) / (time.perf_counter() - started)
         started = time.perf_counter()
         plain = len(list(sample())) / (time.perf_counter() - started)
-        print(f"speculative, {args.n_draft} drafts a round: acceptance rate {stats.acceptance_rate:.2f}, "
-              f"{stats.tokens_per_round:.2f} tokens per target pass, {speculative:.1f} tokens/s; "
+        print(f"speculative, {args.n_draft} drafts a round: acceptance rate "
+              f"{stats.acceptance_rate:.2f}, {stats.tokens_per_round:.2f} tokens per target pass, "
+              f"{speculative:.1f} tokens/s; "
               f"plain cached decoding: {plain:.1f} tokens/s (speed-up {speculative / plain:.2f}x)",
               file=sys.stderr)
 
@@ -121,13 +122,14 @@ def build_parser():
     p.add_argument("--top-k", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="re-run the whole context for every token")
-    p.add_argument("--draft-run", default=None,
-                   help="a smaller run with the same tokenizer: decode speculatively with it as the draft")
+    p.add_argument("--draft-run", default=None, help="a smaller run with the same tokenizer: "
+                   "decode speculatively with it as the draft")
     p.add_argument("--n-draft", type=int, default=4, help="tokens the draft proposes per round")
     p.add_argument("--device", default="cpu", choices=backend.DEVICES)
     p.set_defaults(handler=cmd_sample)
 
-    p = sub.add_parser("experiment", help="run one of the experiments (arch, chat-cache, scaling)")
+    p = sub.add_parser("experiment",
+                       help="run one of the experiments (arch, chat-cache, scaling, speculative)")
     p.add_argument("name")
     p.add_argument("--out-dir", default=None)
     p.add_argument("--device", default="cpu", choices=backend.DEVICES)
