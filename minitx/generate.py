@@ -70,10 +70,15 @@ def speculative_accept(p, q, drafted, rng):
 @dataclass
 class SpeculationStats:
     """Counts of a speculative run: `rounds` target passes, `drafted` draft tokens proposed,
-    `accepted` of them kept, `tokens` emitted in all."""
+    `accepted` of them kept, `rejected` (the rounds that ended at a rejection), `tokens` emitted.
+
+    acceptance_rate = accepted / (accepted + rejected) estimates alpha, the probability that a
+    draft the target checks is kept; drafts after a rejection are never checked.
+    """
     rounds: int = 0
     drafted: int = 0
     accepted: int = 0
+    rejected: int = 0
     tokens: int = 0
 
     def count(self, drafted, accepted):
@@ -81,11 +86,13 @@ class SpeculationStats:
         self.rounds += 1
         self.drafted += drafted
         self.accepted += accepted
+        self.rejected += accepted < drafted
         self.tokens += accepted + 1
 
     @property
     def acceptance_rate(self):
-        return self.accepted / self.drafted if self.drafted else float("nan")
+        checked = self.accepted + self.rejected
+        return self.accepted / checked if checked else float("nan")
 
     @property
     def tokens_per_round(self):
@@ -168,7 +175,8 @@ def _generate_cached(model, context, n_tokens, rng, temperature, top_k, draft, n
     end = len(context) + n_tokens
     while len(context) < end:
         with no_grad():
-            k = 0 if drafter is None else max(0, min(n_draft, end - len(context) - 1, target.room(context)))
+            k = 0 if drafter is None else max(0, min(n_draft, end - len(context) - 1,
+                                                     target.room(context)))
             drafted, q = [], numpy.empty((k, model.config.vocab_size))
             for i in range(k):
                 q[i] = distribution(drafter.scores(context + drafted)[-1], temperature, top_k)

@@ -103,7 +103,8 @@ def test_speculative_toy_trains_its_models_then_reuses_them(tmp_path):
             assert 0 <= r["acceptance_rate"] <= 1 and 1 <= r["tokens_per_round"] <= r["k"] + 1
             assert r["speedup"] > 0 and r["predicted_speedup"] > 0
     assert saved["reused"] == {"draft": False, "target": False}
-    model, _, reused = speculative.train_or_reuse(tmp_path, "draft", s["draft"], speculative.SIZES["toy"], "cpu")
+    model, _, reused = speculative.train_or_reuse(tmp_path, "draft", s["draft"],
+                                                  speculative.SIZES["toy"], "cpu")
     assert reused and model.n_params() == saved["n_params"]["draft"]
 
 

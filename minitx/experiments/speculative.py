@@ -4,8 +4,8 @@ A draft and a target (decoder-only, character level, the same tokenizer) are tra
 Tiny Shakespeare, or reused from an earlier run of this experiment. Then both decode from the same
 validation-text prompt: the target alone with its KV cache ("plain"), and speculatively with k
 drafts a round, greedily (temperature 0) and by sampling (temperature 1). Measured per k: the
-acceptance rate alpha (drafts kept / drafts proposed), the tokens emitted per target pass, tokens/s
-and the speed-up over plain decoding.
+acceptance rate alpha (drafts kept / drafts the target checked), the tokens emitted per target
+pass, tokens/s and the speed-up over plain decoding.
 
 What to expect (Leviathan et al. 2023): a round costs k draft steps and one target pass over k + 1
 tokens, and emits (1 - alpha^(k+1)) / (1 - alpha) tokens when drafts are kept independently with
@@ -44,13 +44,15 @@ class Settings:
     n_tokens: int = 200                 # generated per measurement
     ks: list = field(default_factory=lambda: list(range(1, 9)))
     temperatures: list = field(default_factory=lambda: [0.0, 1.0])
-    repeats: int = 3                    # seeds per measurement; tokens/s is their median
+    seeds: int = 3                      # per measurement; tokens/s is the median over seeds
+    repeats: int = 2                    # of each decoding of a seed, timed: the fastest counts
     eval_tokens: int = 32768
 
 
 SIZES = {
     "toy": Settings(target=(2, 2, 32), draft=(1, 1, 16), steps=20, batch_size=4, block_size=32,
-                    lr=1e-2, prompt_tokens=8, n_tokens=24, ks=[1, 2, 3], repeats=1, eval_tokens=2048),
+                    lr=1e-2, prompt_tokens=8, n_tokens=24, ks=[1, 2, 3], seeds=1, repeats=1,
+                    eval_tokens=2048),
     "default": Settings(),
     "large": Settings(target=(8, 8, 512), draft=(2, 4, 64), steps=3000, batch_size=32, block_size=256,
                       lr=1e-3, prompt_tokens=64, n_tokens=500, eval_tokens=111_000),
@@ -73,26 +75,36 @@ def train_or_reuse(out_dir, name, shape, s, device):
 
 
 @no_grad()
-def step_seconds(model, prompt, n, repeats=20):
-    """Best time of one forward pass over n new tokens after a cached prompt."""
-    cache = KVCache()
-    model(numpy.array([prompt]), cache=cache)
-    best = float("inf")
+def step_costs(target, draft, prompt, ks, repeats=30):
+    """(seconds of one target step, c, [v_k for k in ks]): the fastest of `repeats` forward passes
+    over new tokens after a cached prompt; every pass is timed once per repeat, in turn, so a busy
+    spell on the machine hits all of them alike."""
+    passes = [(draft, 1), (target, 1)] + [(target, k + 1) for k in ks]
+    caches = [KVCache() for _ in passes]
+    for (model, _), cache in zip(passes, caches):
+        model(numpy.array([prompt]), cache=cache)
+    best = [float("inf")] * len(passes)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        model(numpy.array([prompt[:n]]), cache=cache)[0].numpy()
-        best = min(best, time.perf_counter() - t0)
-        cache.truncate(len(prompt))
-    return best
+        for i, ((model, n), cache) in enumerate(zip(passes, caches)):
+            t0 = time.perf_counter()
+            model(numpy.array([prompt[:n]]), cache=cache)[0].numpy()
+            best[i] = min(best[i], time.perf_counter() - t0)
+            cache.truncate(len(prompt))
+    draft_step, one, *verify = best
+    return one, draft_step / one, [v / one for v in verify]
 
 
 def decode(target, prompt, s, temperature, seed, draft=None, k=1, stats=None):
-    """Seconds to generate s.n_tokens (speculatively with a draft, counted into stats)."""
-    t0 = time.perf_counter()
-    for _ in generate(target, prompt, s.n_tokens, numpy.random.default_rng(seed), temperature,
-                      draft=draft, n_draft=k, stats=stats):
-        pass
-    return time.perf_counter() - t0
+    """Seconds to generate s.n_tokens, the fastest of s.repeats runs (speculatively with a draft,
+    the first run counted into stats; the others repeat it draw for draw)."""
+    best = float("inf")
+    for repeat in range(s.repeats):
+        t0 = time.perf_counter()
+        for _ in generate(target, prompt, s.n_tokens, numpy.random.default_rng(seed), temperature,
+                          draft=draft, n_draft=k, stats=stats if repeat == 0 else None):
+            pass
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def run(out_dir, device="cpu", size="default"):
@@ -106,33 +118,35 @@ def run(out_dir, device="cpu", size="default"):
     target, draft = models["target"], models["draft"]
 
     # costs in units of one target step: c (a draft step) and v_k (a target pass over k + 1 tokens)
-    one = step_seconds(target, prompt, 1)
-    cost = {"target_step_ms": 1e3 * one, "c": step_seconds(draft, prompt, 1) / one,
-            "v": [step_seconds(target, prompt, k + 1) / one for k in s.ks]}
+    one, c, v = step_costs(target, draft, prompt, s.ks)
+    cost = {"target_step_ms": 1e3 * one, "c": c, "v": v}
 
     decode(target, prompt, s, 1.0, 0, draft, s.ks[-1])  # warm-up: kernels compiled, caches grown
-    seconds = {T: {"plain": [], **{k: [] for k in s.ks}} for T in s.temperatures}
+    plain = {T: [] for T in s.temperatures}
+    seconds = {T: {k: [] for k in s.ks} for T in s.temperatures}
+    speedups = {T: {k: [] for k in s.ks} for T in s.temperatures}
     stats = {T: {k: SpeculationStats() for k in s.ks} for T in s.temperatures}
-    for seed in range(s.repeats):  # plain and every k in turn, so load on the machine hits all alike
+    for seed in range(s.seeds):  # each speculative run right after a plain one: a pair shares the load
         for T in s.temperatures:
-            seconds[T]["plain"].append(decode(target, prompt, s, T, seed))
             for k in s.ks:
+                plain[T].append(decode(target, prompt, s, T, seed))
                 seconds[T][k].append(decode(target, prompt, s, T, seed, draft, k, stats[T][k]))
+                speedups[T][k].append(plain[T][-1] / seconds[T][k][-1])
 
     results = {"settings": asdict(s), "device": device, "reused": reused, "val_loss": losses,
                "n_params": {name: m.n_params() for name, m in models.items()}, "cost": cost,
                "temperatures": {}}
     for T in s.temperatures:
-        plain = s.n_tokens / float(numpy.median(seconds[T]["plain"]))
         rows = []
-        for i, k in enumerate(s.ks):
+        for k, v_k in zip(s.ks, v):
             st = stats[T][k]
-            speed = s.n_tokens / float(numpy.median(seconds[T][k]))
             rows.append({"k": k, "acceptance_rate": st.acceptance_rate,
-                         "tokens_per_round": st.tokens_per_round, "tokens_per_s": speed,
-                         "speedup": speed / plain,
-                         "predicted_speedup": st.tokens_per_round / (k * cost["c"] + cost["v"][i])})
-        results["temperatures"][str(T)] = {"plain_tokens_per_s": plain, "by_k": rows}
+                         "tokens_per_round": st.tokens_per_round,
+                         "tokens_per_s": s.n_tokens / float(numpy.median(seconds[T][k])),
+                         "speedup": float(numpy.median(speedups[T][k])),
+                         "predicted_speedup": st.tokens_per_round / (k * c + v_k)})
+        results["temperatures"][str(T)] = {
+            "plain_tokens_per_s": s.n_tokens / float(numpy.median(plain[T])), "by_k": rows}
     report.write_results(out_dir, results)
     plot(out_dir, results)
     report.write_report(out_dir, describe(results))
@@ -148,14 +162,17 @@ def describe(results):
              f"({results['n_params']['draft']:,} parameters, validation loss "
              f"{results['val_loss']['draft']:.3f}). Both trained {s['steps']} steps on Tiny "
              f"Shakespeare, characters. Each measurement generates {s['n_tokens']} tokens after a "
-             f"{s['prompt_tokens']}-token prompt; tokens/s is the median of {s['repeats']} seeds. "
+             f"{s['prompt_tokens']}-token prompt and is timed as the fastest of {s['repeats']} runs, "
+             "each speculative measurement right after a plain one; tokens/s and the speed-up are "
+             f"medians over {s['seeds']} seeds. "
              f"Device: {results['device']}.", "",
              f"Costs in units of one target step ({cost['target_step_ms']:.2f} ms): a draft step "
              f"c = {cost['c']:.2f}; a target pass over k + 1 tokens v_k = "
              + ", ".join(f"{v:.2f}" for v in cost["v"]) + f" for k = {s['ks'][0]} .. {s['ks'][-1]}. "
              "Predicted speed-up: tokens per round / (k c + v_k).", ""]
     for T, entry in results["temperatures"].items():
-        lines += [f"## Temperature {T} (plain cached decoding: {entry['plain_tokens_per_s']:.1f} tokens/s)", ""]
+        lines += [f"## Temperature {T} (plain cached decoding: "
+                  f"{entry['plain_tokens_per_s']:.1f} tokens/s)", ""]
         lines += report.table(
             ["k", "acceptance rate", "tokens per target pass", "tokens/s", "speed-up", "predicted"],
             [[r["k"], f"{r['acceptance_rate']:.2f}", f"{r['tokens_per_round']:.2f}",
