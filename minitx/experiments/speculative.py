@@ -75,7 +75,7 @@ def train_or_reuse(out_dir, name, shape, s, device):
 
 
 @no_grad()
-def step_costs(target, draft, prompt, ks, repeats=30):
+def step_costs(target, draft, prompt, ks, repeats=50):
     """(seconds of one target step, c, [v_k for k in ks]): the fastest of `repeats` forward passes
     over new tokens after a cached prompt; every pass is timed once per repeat, in turn, so a busy
     spell on the machine hits all of them alike."""
@@ -117,10 +117,6 @@ def run(out_dir, device="cpu", size="default"):
         losses[name] = estimate_loss(models[name], val_tokens[:s.eval_tokens + 1], cfg)
     target, draft = models["target"], models["draft"]
 
-    # costs in units of one target step: c (a draft step) and v_k (a target pass over k + 1 tokens)
-    one, c, v = step_costs(target, draft, prompt, s.ks)
-    cost = {"target_step_ms": 1e3 * one, "c": c, "v": v}
-
     decode(target, prompt, s, 1.0, 0, draft, s.ks[-1])  # warm-up: kernels compiled, caches grown
     plain = {T: [] for T in s.temperatures}
     seconds = {T: {k: [] for k in s.ks} for T in s.temperatures}
@@ -133,6 +129,9 @@ def run(out_dir, device="cpu", size="default"):
                 seconds[T][k].append(decode(target, prompt, s, T, seed, draft, k, stats[T][k]))
                 speedups[T][k].append(plain[T][-1] / seconds[T][k][-1])
 
+    # costs in units of one target step: c (a draft step) and v_k (a target pass over k + 1 tokens)
+    one, c, v = step_costs(target, draft, prompt, s.ks)
+    cost = {"target_step_ms": 1e3 * one, "c": c, "v": v}
     results = {"settings": asdict(s), "device": device, "reused": reused, "val_loss": losses,
                "n_params": {name: m.n_params() for name, m in models.items()}, "cost": cost,
                "temperatures": {}}
