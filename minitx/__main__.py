@@ -62,6 +62,12 @@ def cmd_train(args):
         raise KeyboardInterrupt
 
 
+def tokens_per_second(tokens):
+    started = time.perf_counter()
+    n = sum(1 for _ in tokens)
+    return n / (time.perf_counter() - started)
+
+
 def cmd_sample(args):
     model, tokenizer, meta = load_model(f"{args.run}/checkpoint.npz", args.device)
     from .generate import SpeculationStats, generate
@@ -79,7 +85,6 @@ def cmd_sample(args):
     stats = SpeculationStats()
     print(args.prompt, end="", flush=True)
     ids, shown = [], ""
-    started = time.perf_counter()
     for token in sample(draft=draft, n_draft=args.n_draft, stats=stats):
         ids.append(token)
         text = tokenizer.decode(ids)
@@ -87,10 +92,9 @@ def cmd_sample(args):
             print(text[len(shown):], end="", flush=True)
             shown = text
     print()
-    if draft is not None:
-        speculative = len(ids) / (time.perf_counter() - started)
-        started = time.perf_counter()
-        plain = len(list(sample())) / (time.perf_counter() - started)
+    if draft is not None:  # timed again, warm and not printing: the first run also compiled kernels
+        speculative = tokens_per_second(sample(draft=draft, n_draft=args.n_draft))
+        plain = tokens_per_second(sample())
         print(f"speculative, {args.n_draft} drafts a round: acceptance rate "
               f"{stats.acceptance_rate:.2f}, {stats.tokens_per_round:.2f} tokens per target pass, "
               f"{speculative:.1f} tokens/s; "
