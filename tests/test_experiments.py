@@ -8,7 +8,7 @@ import pytest
 
 from minitx import experiments
 from minitx.__main__ import main
-from minitx.experiments import chat_cache, report, scaling
+from minitx.experiments import chat_cache, report, scaling, speculative
 from minitx.kernels.reference import visibility_mask
 
 
@@ -90,6 +90,22 @@ def test_scaling_toy(tmp_path):
     fit = saved["fit"]
     assert fit["b"] > 0 and fit["a"] > 0 and 0 <= fit["c"] < min(r["val_loss"] for r in front)
     assert (tmp_path / "models" / saved["runs"][0]["name"] / "checkpoint.npz").exists()
+
+
+def test_speculative_toy_trains_its_models_then_reuses_them(tmp_path):
+    saved, _ = run_toy("speculative", tmp_path, ["speculative.png"])
+    s = saved["settings"]
+    assert saved["n_params"]["target"] > 2 * saved["n_params"]["draft"]
+    assert 0 < saved["cost"]["c"] and len(saved["cost"]["v"]) == len(s["ks"])
+    for entry in saved["temperatures"].values():
+        assert [r["k"] for r in entry["by_k"]] == s["ks"]
+        for r in entry["by_k"]:
+            assert 0 <= r["acceptance_rate"] <= 1 and 1 <= r["tokens_per_round"] <= r["k"] + 1
+            assert r["speedup"] > 0 and r["predicted_speedup"] > 0
+    assert saved["reused"] == {"draft": False, "target": False}
+    model, _, reused = speculative.train_or_reuse(tmp_path, "draft", s["draft"],
+                                                  speculative.SIZES["toy"], "cpu")
+    assert reused and model.n_params() == saved["n_params"]["draft"]
 
 
 def test_power_law_fit_recovers_known_parameters():
