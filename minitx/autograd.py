@@ -9,9 +9,13 @@ Every op is a `Function` with two static methods on raw arrays:
 records a `Node` (the ctx) on the output tensor: which op made it, from which inputs.
 `backward(root)` walks those nodes from the root back to the leaves in reverse topological
 order, hands each node the gradient of its output, and sums what comes back per input.
+A node also records the version of each input tensor (tensor.py: the count of in-place
+changes), and backward refuses a node whose inputs or output changed since the forward pass.
 Broadcasting is undone here, once, for every op: a gradient that arrives in a broadcast shape
 is summed back to its input's shape by `unbroadcast`.
 """
+import numpy
+
 from . import backend, precision
 
 _grad_enabled = True
@@ -76,7 +80,7 @@ class Function:
         needs_grad = tuple(isinstance(x, Tensor) and x.requires_grad for x in inputs)
         record = _grad_enabled and any(needs_grad)
         if backend.cupy is not None:
-            _check_one_device(cls, inputs)
+            inputs = _on_one_device(cls, inputs)
         ctx = Node(cls, inputs, needs_grad)
         arrays = [x.data if isinstance(x, Tensor) else x for x in inputs]
         policy = precision.current()
@@ -88,14 +92,55 @@ class Function:
         except ValueError as error:  # name the op and the shapes, whatever numpy said
             shapes = ", ".join(str(getattr(a, "shape", type(a).__name__)) for a in arrays)
             raise ValueError(f"{cls.__name__.lower()}: {error} (input shapes: {shapes})") from None
+        if record:
+            ctx.versions = _versions(inputs)
         return Tensor._make(out, record, ctx if record else None)
 
 
-def _check_one_device(fn, inputs):
+def _versions(inputs):
+    return tuple(x._version if isinstance(x, Tensor) else None for x in inputs)
+
+
+def _check_unchanged(tensor, node):
+    """Refuse to back-propagate through `node` (which made `tensor`) if the op's inputs or its
+    output were changed in place after the forward pass: its saved values are stale."""
+    now = _versions(node.inputs)
+    if now == node.versions and tensor._version == 0:
+        return
+    changed = [f"input {i}" for i, (a, b) in enumerate(zip(node.versions, now)) if a != b]
+    changed += ["its output"] if tensor._version else []
+    raise RuntimeError(
+        f"backward through {node.fn.__name__.lower()}: {' and '.join(changed)} changed in place after "
+        "the forward pass (an optimizer step or an assignment to .data); run the forward pass again")
+
+
+def _on_one_device(fn, inputs):
+    """`inputs` with every array on the tensors' device, or a RuntimeError naming the op.
+
+    Tensors must already share a device (as in PyTorch). A raw boolean or integer NumPy array
+    (a mask, token ids, targets) meeting CUDA tensors is copied to the GPU, since passing those
+    from the host is a common habit; any other raw array on the wrong side gets this error
+    rather than the array library's bare TypeError.
+    """
     devices = {x.device for x in inputs if isinstance(x, Tensor)}
     if len(devices) > 1:
         raise RuntimeError(f"{fn.__name__.lower()}: inputs are on different devices {sorted(devices)}; "
                            "move them to one device with .to(device) first")
+    if not devices:
+        return inputs
+    device = devices.pop()
+    moved = []
+    for x in inputs:
+        if (isinstance(x, Tensor) or not hasattr(x, "shape") or isinstance(x, numpy.generic)
+                or backend.device_of(x) == device):
+            moved.append(x)
+        elif device == "cuda" and x.dtype.kind in "biu":
+            moved.append(backend.move_array(x, device))
+        else:
+            raise RuntimeError(f"{fn.__name__.lower()}: a {backend.device_of(x)} array of {x.dtype} "
+                               f"meets tensors on {device!r}; make it a tensor on that device "
+                               f"(minitx.tensor(array, device={device!r}))")
+    return tuple(moved)
 
 
 def unbroadcast(grad, shape):
@@ -152,6 +197,7 @@ def backward(root, grad, retain_graph=False):
             raise RuntimeError(
                 f"backward through the graph of a {node.fn.__name__.lower()} a second time: its saved "
                 "values were freed by the first backward; pass retain_graph=True to the first call")
+        _check_unchanged(tensor, node)
         if node.policy is None:
             input_grads = node.fn.backward(node, g)
         else:  # rounds the incoming gradient and the ones returned (precision.py)

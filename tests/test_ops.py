@@ -126,7 +126,7 @@ CASES = [
     Case("getitem_int_none", lambda a: a[1, None, :, -1], lambda a: a[1, None, :, -1], normal((2, 3, 4))),
     Case("getitem_repeated", lambda a: a[np.array([0, 2, 2, 0])], lambda a: a[np.array([0, 2, 2, 0])],
          normal((3, 4))),
-    Case("getitem_bool", lambda a: a[mx.tensor(MASK)], lambda a: a[MASK], normal((3, 4))),
+    Case("getitem_bool", lambda a: a[mx.tensor(MASK, device=a.device)], lambda a: a[MASK], normal((3, 4))),
     Case("take_repeated", lambda a: mx.take(a, ROWS), lambda a: a[ROWS], normal((3, 4))),
     Case("take_axis1", lambda a: mx.take(a, np.array([3, 0, 3]), axis=1), lambda a: a[:, [3, 0, 3]],
          normal((2, 4, 2))),
@@ -135,9 +135,9 @@ CASES = [
     Case("stack", lambda a, b: mx.stack([a, b], axis=1), lambda a, b: np.stack([a, b], axis=1),
          normal((2, 3), (2, 3))),
     Case("split", lambda a: mx.split(a, [1, 3], axis=1)[1] * 2, lambda a: a[:, 1:] * 2, normal((2, 4))),
-    Case("where", lambda a, b: mx.where(mx.tensor(MASK), a, b), lambda a, b: np.where(MASK, a, b),
+    Case("where", lambda a, b: mx.where(mx.tensor(MASK, device=a.device), a, b), lambda a, b: np.where(MASK, a, b),
          normal((3, 4), (4,))),
-    Case("masked_fill", lambda a: a.masked_fill(mx.tensor(MASK), -3.0), lambda a: np.where(MASK, -3.0, a),
+    Case("masked_fill", lambda a: a.masked_fill(mx.tensor(MASK, device=a.device), -3.0), lambda a: np.where(MASK, -3.0, a),
          normal((3, 4))),
     Case("softmax", lambda a: a.softmax(axis=-1), np_softmax,
          fixed([[-1000.0, 1.0, 0.5], [1e4, 1e4 - 2.0, 0.0], [0.1, 0.2, 0.3]])),
@@ -217,8 +217,11 @@ def test_cpu_and_gpu_agree(case):
         out = case.fn(*inputs)
         out.backward(mx.ones(*out.shape, dtype="float64", device=device))
         results.append([out.numpy()] + [x.grad.numpy() for x in inputs])
+    # Two float64 roundings of one computation; atol 1e-10, not 1e-12, because a gradient that
+    # is analytically zero (layer norm of nearly constant rows) comes out as rounding noise
+    # amplified by 1/std ~ 1e3 on either device.
     for cpu, gpu in zip(*results):
-        np.testing.assert_allclose(gpu, cpu, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(gpu, cpu, rtol=1e-10, atol=1e-10)
 
 
 # --- behaviours that a table row cannot express --------------------------------------------------

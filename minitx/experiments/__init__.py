@@ -7,6 +7,8 @@
                 gradient magnitudes against float16's underflow
     scaling     validation loss of decoder-only models of several sizes and token budgets
                 against compute, the compute-efficient frontier and a power-law fit
+    speculative a small draft model proposing k tokens for a larger target to verify: acceptance
+                rate and wall-clock speed-up over plain cached decoding for k = 1 .. 8
 
 Each writes report.md, results.json (every number) and PNG plots into its run directory.
 Sizes: "toy" (seconds, for tests), "default" (minutes on a laptop CPU), "large" (for a GPU).
@@ -15,10 +17,10 @@ from pathlib import Path
 
 from ..backend import check_device
 
-from . import arch, chat_cache, precision, scaling
+from . import arch, chat_cache, precision, scaling, speculative
 
 EXPERIMENTS = {"arch": arch.run, "chat-cache": chat_cache.run, "precision": precision.run,
-               "scaling": scaling.run}
+               "scaling": scaling.run, "speculative": speculative.run}
 SIZES = ("toy", "default", "large")
 
 

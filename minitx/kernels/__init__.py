@@ -34,6 +34,8 @@ FUSED = {"attention": {"cpu": numba_attention, "cuda": cupy_attention},
 # both attention kernels run their products on BLAS, and at short sequences the fused kernel's
 # per-block set-up costs more than the N x N memory traffic it saves (measured in
 # benchmarks/RESULTS.md, "CPU attention: where the fused kernel starts to pay").
+# No CUDA threshold yet: it has not been measured (no GPU so far); the attention run of
+# benchmarks/gpu_acceptance.sh is where to set one.
 FUSED_MIN_SIZE = {("attention", "cpu"): 128}
 _warned = set()
 

@@ -50,20 +50,30 @@ class KVCache:
         self._entries[key] = (kbuf, vbuf, n + new)
         return Tensor._make(kbuf[:, :, :n + new], False, None), Tensor._make(vbuf[:, :, :n + new], False, None)
 
+    def truncate(self, n):
+        """Forget every token after the first n, as if only they had been processed: the buffers
+        stay, and the next update writes over the forgotten positions (speculative decoding rolls
+        back rejected draft tokens this way). Cross-attention keys and values are kept."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"can only truncate to 0..{self.length} tokens, got {n}")
+        self.length = n
+        self._entries = {key: (entry[0], entry[1], min(entry[2], n)) if len(entry) == 3 else entry
+                         for key, entry in self._entries.items()}
+
     def get_static(self, key):
         return self._entries.get(key)
 
 
 class MultiHeadAttention(Module):
     def __init__(self, d_model, n_head, n_kv_head=None, bias=True, dropout=0.0, rope=False,
-                 window=None, proj_std=0.02, kernels="auto"):
+                 window=None, proj_std=0.02, kernels="auto", rope_base=10000.0):
         n_kv_head = n_kv_head or n_head
         if d_model % n_head:
             raise ValueError(f"d_model={d_model} is not divisible by n_head={n_head}")
         if n_head % n_kv_head:
             raise ValueError(f"n_head={n_head} is not divisible by n_kv_head={n_kv_head}")
         self.n_head, self.n_kv_head, self.d_head = n_head, n_kv_head, d_model // n_head
-        self.rope, self.window, self.kernels = rope, window, kernels
+        self.rope, self.rope_base, self.window, self.kernels = rope, rope_base, window, kernels
         self.q = Linear(d_model, n_head * self.d_head, bias)
         self.kv = Linear(d_model, 2 * n_kv_head * self.d_head, bias)
         self.out = Linear(n_head * self.d_head, d_model, bias, std=proj_std)
@@ -85,7 +95,7 @@ class MultiHeadAttention(Module):
             kv = self.kv(source).reshape(B, M, 2, Hkv, D).permute(2, 0, 3, 1, 4)  # (2, B, Hkv, M, D)
             k, v = kv[0], kv[1]
             if self.rope and not cross:
-                q, k = apply_rope(q, start), apply_rope(k, start)
+                q, k = apply_rope(q, start, self.rope_base), apply_rope(k, start, self.rope_base)
             if cache is not None:
                 k, v = cache.update((self, cross), k, v, static=cross)
         causal = causal and not cross  # window and prefix refine the causal mask

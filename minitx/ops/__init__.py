@@ -7,6 +7,7 @@ choice itself is made in kernels/ (kernels.choose).
 """
 import builtins
 
+from ..backend import get_array_module
 from ..tensor import Tensor, as_array
 from .einsum import Einsum
 from .elementwise import (Abs, Add, AsType, Div, Exp, Gelu, Log, Mul, Neg, Pow, Relu, Sigmoid,
@@ -14,7 +15,7 @@ from .elementwise import (Abs, Add, AsType, Div, Exp, Gelu, Log, Mul, Neg, Pow, 
 from .fused import (Affine, Attention, CrossEntropy, InvertedDropout, LogSoftmax, Normalize,
                     Softmax)
 from .reduce import Extremum, LogSumExp, Sum, normalize_axes
-from .shape import Concatenate, Expand, GetItem, Permute, Reshape, Take
+from .shape import Concatenate, Expand, GetItem, Permute, Reshape, Take, check_range
 
 # --- elementwise ----------------------------------------------------------------------------------
 def add(a, b): return Add.apply(a, b)
@@ -104,7 +105,7 @@ def unsqueeze(a, axis):
 
 def take(a, indices, axis=0):
     """a's entries along `axis` at integer `indices` (a tensor or array); the embedding lookup."""
-    indices = as_array(indices, a.device)
+    indices = as_array(indices)           # where it lives: checked there by Take
     if indices.dtype.kind not in "iu":
         raise ValueError(f"take: indices must be integers, got {indices.dtype}")
     return Take.apply(a, indices=indices, axis=axis)
@@ -164,8 +165,14 @@ def log_softmax(x, axis=-1): return LogSoftmax.apply(x, axis=axis)
 
 def cross_entropy(logits, targets, ignore_index=-100):
     """Mean -log softmax(logits)[target] over positions whose target is not ignore_index."""
-    targets = as_array(targets, logits.device)
-    return CrossEntropy.apply(logits, targets, ignore_index=ignore_index)
+    targets = as_array(targets)
+    if targets.dtype.kind not in "iu":
+        raise ValueError(f"cross_entropy: targets must be integers, got {targets.dtype}")
+    # checked where they live (free on the host), then moved to the logits' device
+    xp = get_array_module(targets)
+    check_range(xp.where(targets != ignore_index, targets, 0), 0, logits.shape[-1],
+                f"cross_entropy: targets (other than ignore_index={ignore_index})")
+    return CrossEntropy.apply(logits, as_array(targets, logits.device), ignore_index=ignore_index)
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5, kernels="auto"):
