@@ -228,7 +228,8 @@ def build_parser():
     p.set_defaults(handler=cmd_embed)
 
     p = sub.add_parser("experiment",
-                       help="run one of the experiments (arch, chat-cache, scaling, speculative)")
+                       help="run one of the experiments (arch, chat-cache, precision, scaling, "
+                            "speculative)")
     p.add_argument("name")
     p.add_argument("--out-dir", default=None)
     p.add_argument("--device", default="cpu", choices=backend.DEVICES)

@@ -3,6 +3,8 @@
     arch        encoder-decoder to decoder-only, one switch at a time, on two seq2seq tasks
     chat-cache  a growing conversation: a causal model keeping its KV cache across turns against
                 a model that attends bidirectionally over the history and re-reads it every turn
+    precision   the CPU preset trained in float32, bfloat16, float16 without and with loss scaling;
+                gradient magnitudes against float16's underflow
     scaling     validation loss of decoder-only models of several sizes and token budgets
                 against compute, the compute-efficient frontier and a power-law fit
     speculative a small draft model proposing k tokens for a larger target to verify: acceptance
@@ -15,10 +17,10 @@ from pathlib import Path
 
 from ..backend import check_device
 
-from . import arch, chat_cache, scaling, speculative
+from . import arch, chat_cache, precision, scaling, speculative
 
-EXPERIMENTS = {"arch": arch.run, "chat-cache": chat_cache.run, "scaling": scaling.run,
-               "speculative": speculative.run}
+EXPERIMENTS = {"arch": arch.run, "chat-cache": chat_cache.run, "precision": precision.run,
+               "scaling": scaling.run, "speculative": speculative.run}
 SIZES = ("toy", "default", "large")
 
 
