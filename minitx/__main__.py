@@ -5,6 +5,7 @@ non-zero exit, everything else in minitx.train / minitx.generate / minitx.experi
 """
 import argparse
 import sys
+import time
 import typing
 from dataclasses import fields
 
@@ -68,18 +69,38 @@ def cmd_train(args):
         raise KeyboardInterrupt
 
 
+def tokens_per_second(tokens):
+    started = time.perf_counter()
+    n = sum(1 for _ in tokens)
+    return n / (time.perf_counter() - started)
+
+
 def cmd_sample(args):
     check_sampling(args.tokens, args.temperature, args.top_k)  # before the model is loaded
     model, tokenizer, meta = load_model(f"{args.run}/checkpoint.npz", args.device)
-    from .generate import generate
+    from .generate import SpeculationStats, generate
+    draft = None
+    if args.draft_run is not None:
+        draft, draft_tokenizer, _ = load_model(f"{args.draft_run}/checkpoint.npz", args.device)
+        if draft_tokenizer.to_dict() != tokenizer.to_dict():
+            raise ValueError(f"the draft run {args.draft_run} has another tokenizer than {args.run}")
     try:
         prompt = tokenizer.encode(args.prompt)
     except ValueError as error:
         raise ValueError(f"prompt: {error}") from None
-    rng = numpy.random.default_rng(args.seed)
+    sample = lambda **kw: generate(model, prompt, args.tokens, numpy.random.default_rng(args.seed),
+                                   args.temperature, args.top_k, use_cache=not args.no_cache, **kw)
+    stats = SpeculationStats()
     print(args.prompt, end="", flush=True)
-    stream(tokenizer, generate(model, prompt, args.tokens, rng, args.temperature, args.top_k,
-                               use_cache=not args.no_cache))
+    stream(tokenizer, sample(draft=draft, n_draft=args.n_draft, stats=stats))
+    if draft is not None:  # timed again, warm and not printing: the first run also compiled kernels
+        speculative = tokens_per_second(sample(draft=draft, n_draft=args.n_draft))
+        plain = tokens_per_second(sample())
+        print(f"speculative, {args.n_draft} drafts a round: acceptance rate "
+              f"{stats.acceptance_rate:.2f}, {stats.tokens_per_round:.2f} tokens per target pass, "
+              f"{speculative:.1f} tokens/s; "
+              f"plain cached decoding: {plain:.1f} tokens/s (speed-up {speculative / plain:.2f}x)",
+              file=sys.stderr)
 
 
 def stream(tokenizer, tokens, stop=None):
@@ -181,6 +202,9 @@ def build_parser():
     p.add_argument("--top-k", type=_none_or(int), default=200, help="none: every token")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="re-run the whole context for every token")
+    p.add_argument("--draft-run", default=None, help="a smaller run with the same tokenizer: "
+                   "decode speculatively with it as the draft")
+    p.add_argument("--n-draft", type=int, default=4, help="tokens the draft proposes per round")
     p.add_argument("--device", default="cpu", choices=backend.DEVICES)
     p.set_defaults(handler=cmd_sample)
 
@@ -203,7 +227,9 @@ def build_parser():
     p.add_argument("--dtype", default="float32", choices=sorted(backend.DTYPES))
     p.set_defaults(handler=cmd_embed)
 
-    p = sub.add_parser("experiment", help="run one of the experiments (arch, chat-cache, scaling)")
+    p = sub.add_parser("experiment",
+                       help="run one of the experiments (arch, chat-cache, precision, scaling, "
+                            "speculative)")
     p.add_argument("name")
     p.add_argument("--out-dir", default=None)
     p.add_argument("--device", default="cpu", choices=backend.DEVICES)

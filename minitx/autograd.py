@@ -16,7 +16,7 @@ is summed back to its input's shape by `unbroadcast`.
 """
 import numpy
 
-from . import backend
+from . import backend, precision
 
 _grad_enabled = True
 
@@ -49,7 +49,9 @@ class Node:
 
     `inputs` are the op's positional inputs (Tensors or constants), `needs_grad[i]` says whether
     input i wants a gradient, and forward may store anything else as attributes of ctx.
+    `policy` is the precision policy the op ran under (None: float32 as written).
     """
+    policy = None
 
     def __init__(self, fn, inputs, needs_grad):
         self.fn, self.inputs, self.needs_grad = fn, inputs, needs_grad
@@ -81,8 +83,12 @@ class Function:
             inputs = _on_one_device(cls, inputs)
         ctx = Node(cls, inputs, needs_grad)
         arrays = [x.data if isinstance(x, Tensor) else x for x in inputs]
+        policy = precision.current()
         try:
-            out = cls.forward(ctx, *arrays, **params)
+            if policy is None:
+                out = cls.forward(ctx, *arrays, **params)
+            else:  # rounds the inputs and the output (precision.py)
+                out = policy.forward(ctx, arrays, params)
         except ValueError as error:  # name the op and the shapes, whatever numpy said
             shapes = ", ".join(str(getattr(a, "shape", type(a).__name__)) for a in arrays)
             raise ValueError(f"{cls.__name__.lower()}: {error} (input shapes: {shapes})") from None
@@ -192,7 +198,10 @@ def backward(root, grad, retain_graph=False):
                 f"backward through the graph of a {node.fn.__name__.lower()} a second time: its saved "
                 "values were freed by the first backward; pass retain_graph=True to the first call")
         _check_unchanged(tensor, node)
-        input_grads = node.fn.backward(node, g)
+        if node.policy is None:
+            input_grads = node.fn.backward(node, g)
+        else:  # rounds the incoming gradient and the ones returned (precision.py)
+            input_grads = node.policy.backward(node, g)
         if not isinstance(input_grads, tuple):
             input_grads = (input_grads,)
         for x, needs, gx in zip(node.inputs, node.needs_grad, input_grads):

@@ -14,6 +14,7 @@ import typing
 from dataclasses import fields, is_dataclass
 
 from .backend import DEVICES, DTYPES
+from .precision import FORMATS
 
 
 class ConfigError(ValueError):
@@ -52,6 +53,8 @@ TRAIN_RULES = {
     "seed": at_least(0),
     "device": one_of(*DEVICES),
     "dtype": one_of(*DTYPES),
+    "precision": one_of(*FORMATS),
+    "loss_scale": (at_least(0)[0], ">= 0 (0 turns loss scaling off)"),
 }
 
 SAMPLE_RULES = {
@@ -92,6 +95,9 @@ def check_train_config(cfg):
     require(cfg.tokenizer != "bpe" or cfg.vocab_size >= 256,
             f"vocab_size must be >= 256 for the bpe tokenizer (the byte values), got {cfg.vocab_size}")
     require(isinstance(cfg.out_dir, str) and cfg.out_dir.strip(), "out_dir must name a directory")
+    require(cfg.precision == "fp32" or cfg.dtype == "float32",
+            f"precision {cfg.precision} keeps float32 master weights: it needs --dtype float32, "
+            f"not {cfg.dtype}")
 
 
 def check_sampling(n_tokens, temperature, top_k):

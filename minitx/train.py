@@ -5,6 +5,9 @@
         x, y = a random batch of windows       (data.get_batch)
         loss = cross_entropy(model(x), y)
         loss.backward(); clip the gradient norm; AdamW step
+        (--precision bf16|fp16: the forward and backward in a short format, the weights, their
+         gradients and AdamW in float32; fp16 scales the loss and skips steps whose gradients
+         overflow: see precision.py)
         every eval_interval steps: estimate train/val loss, write a checkpoint
 Everything a run needs to continue exactly (weights, optimizer moments, step, both random
 generators) goes into the checkpoint, so `--resume` picks up where it stopped, and Ctrl-C or
@@ -21,7 +24,7 @@ from typing import Optional
 
 import numpy
 
-from . import backend, checkpoint, data, distributed, nn, random
+from . import backend, checkpoint, data, distributed, nn, precision, random
 from .autograd import no_grad
 from .config_check import check_train_config
 from .generate import generate
@@ -55,6 +58,8 @@ class TrainConfig:
     seed: int = 1337
     device: str = "cpu"
     dtype: str = "float32"
+    precision: str = "fp32"          # "fp32" | "bf16" | "fp16": the format of the forward and backward
+    loss_scale: float = 2.0 ** 16    # fp16: initial dynamic loss scale (precision.LossScaler); 0 = none
     parallel: str = "none"           # under mpiexec: "data" or "tensor" (see minitx.distributed)
 
 
@@ -156,7 +161,7 @@ class Run:
         self.metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
-def save_state(run, cfg, model, opt, tokenizer, step, batch_rng, strategy):
+def save_state(run, cfg, model, opt, tokenizer, step, batch_rng, strategy, scaler=None):
     """Write the checkpoint: whole arrays (a tensor-parallel run gathers its shards first), so
     it resumes under any strategy."""
     names = [name for name, _ in model.named_parameters()]  # the optimizer's order
@@ -170,6 +175,7 @@ def save_state(run, cfg, model, opt, tokenizer, step, batch_rng, strategy):
     checkpoint.save(run.checkpoint, arrays, {
         "step": step, "config": asdict(cfg), "model_config": asdict(model.config),
         "tokenizer": tokenizer.to_dict(), "optimizer": optim,
+        "loss_scaler": scaler.state_dict() if scaler else None,
         "rng": {"batches": batch_rng.bit_generator.state, "minitx": random.get_rng_state()}})
 
 
@@ -182,7 +188,7 @@ def load_model(path, device="cpu"):
     return model, Tokenizer.from_dict(meta["tokenizer"]), meta
 
 
-def _restore(saved, run, cfg, model, opt, batch_rng, strategy):
+def _restore(saved, run, cfg, model, opt, batch_rng, strategy, scaler=None):
     """Load the checkpoint `saved` (checkpoint.read_run's (meta, arrays)) into model, optimizer
     and generators, if it comes from this config; returns its step."""
     meta, arrays = saved
@@ -204,6 +210,8 @@ def _restore(saved, run, cfg, model, opt, batch_rng, strategy):
     opt.load_state_dict(optim)
     batch_rng.bit_generator.state = meta["rng"]["batches"]
     random.set_rng_state(meta["rng"]["minitx"])
+    if scaler and meta.get("loss_scaler"):
+        scaler.load_state_dict(meta["loss_scaler"])
     return meta["step"]
 
 
@@ -262,6 +270,7 @@ def train(cfg, resume=False, progress=True, say=print):
 def _train(cfg, strategy, resume, progress, say):
     check_train_config(cfg)
     backend.check_device(cfg.device)
+    policy = precision.make_policy(cfg.precision)
     run = Run(cfg.out_dir, writes=strategy.is_main)
     run.open(resume)
     tokenizer = cfg.tokenizer
@@ -282,7 +291,11 @@ def _train(cfg, strategy, resume, progress, say):
     model = strategy.prepare(model)
     opt = AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     batch_rng = numpy.random.default_rng(cfg.seed)
-    step = _restore(saved, run, cfg, model, opt, batch_rng, strategy) if resume else 0
+    scaler = precision.LossScaler(cfg.loss_scale) if cfg.precision == "fp16" and cfg.loss_scale else None
+    if scaler is not None and strategy.world.size > 1:
+        raise ValueError("fp16 loss scaling is not written for more than one process yet (each "
+                         "rank would decide alone whether to skip a step); use --precision bf16")
+    step = _restore(saved, run, cfg, model, opt, batch_rng, strategy, scaler) if resume else 0
     if resume:
         run.truncate_after(step)
         say(f"resuming {run.checkpoint} at step {step}")
@@ -300,18 +313,24 @@ def _train(cfg, strategy, resume, progress, say):
             if step % cfg.eval_interval == 0:
                 _evaluate(run, cfg, model, train_tokens, val_tokens, step,
                           say if not progress else bar.write, strategy)
-                save_state(run, cfg, model, opt, tokenizer, step, batch_rng, strategy)
+                save_state(run, cfg, model, opt, tokenizer, step, batch_rng, strategy, scaler)
             t0 = time.perf_counter()
             opt.lr = cosine_schedule(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup_iters,
                                      total=cfg.max_iters)
             x, y = strategy.get_batch(train_tokens, cfg.batch_size, block_size, batch_rng)
-            loss = model(x, y)[1]
+            with precision.autocast(policy):
+                loss = model(x, y)[1]
             opt.zero_grad()
-            loss.backward()
+            if scaler is None:
+                loss.backward()
+                finite = True
+            else:  # a step whose scaled gradients overflowed is skipped
+                finite = scaler.backward(loss, opt.params)
             strategy.reduce_gradients()
             grad_norm = (strategy.clip_grad_norm(model.parameters(), cfg.grad_clip)
-                         if cfg.grad_clip else None)
-            opt.step()
+                         if cfg.grad_clip and finite else None)
+            if finite:
+                opt.step()
             # the step's one wait for the GPU (so the step time below is real)
             loss, grad_norm = _host_floats(loss, grad_norm)
             loss = strategy.loss(loss)  # the mean over data-parallel ranks
@@ -319,12 +338,15 @@ def _train(cfg, strategy, resume, progress, say):
             step += 1
             step_times.append(dt)
             _stop_if_not_finite(loss, grad_norm, step)
-            run.log({"step": step, "loss": loss, "lr": opt.lr, "grad_norm": grad_norm, "ms": 1e3 * dt})
+            record = {"step": step, "loss": loss, "lr": opt.lr, "grad_norm": grad_norm, "ms": 1e3 * dt}
+            if scaler:
+                record.update(loss_scale=scaler.scale, skipped=scaler.skipped)
+            run.log(record)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_step / dt:,.0f}")
         interrupted = step < cfg.max_iters
     bar.close()
-    save_state(run, cfg, model, opt, tokenizer, step, batch_rng, strategy)
+    save_state(run, cfg, model, opt, tokenizer, step, batch_rng, strategy, scaler)
     if interrupted:
         say(f"interrupted at step {step}: checkpoint saved to {run.checkpoint}; "
             "continue with --resume")
