@@ -116,9 +116,9 @@ class Prod(Function):
         xp, a, axes = get_array_module(grad), ctx.a, ctx.axes
         rest = tuple(i for i in range(a.ndim) if i not in axes)
         flat = a.transpose(rest + axes).reshape(tuple(a.shape[i] for i in rest) + (count(a.shape, axes),))
-        ones = xp.ones(flat.shape[:-1] + (1,), a.dtype)
-        before = xp.cumprod(xp.concatenate([ones, flat[..., :-1]], axis=-1), axis=-1)
-        after = xp.flip(xp.cumprod(xp.flip(xp.concatenate([flat[..., 1:], ones], axis=-1), -1), -1), -1)
+        k, ones = flat.shape[-1], xp.ones(flat.shape[:-1] + (1,), a.dtype)                # flat: (..., K)
+        before = xp.cumprod(xp.concatenate([ones, flat], -1), -1)[..., :k]                # prod_{k<j}
+        after = xp.flip(xp.cumprod(xp.flip(xp.concatenate([flat, ones], -1), -1), -1), -1)[..., 1:]  # k>j
         others = (before * after).reshape(tuple(a.shape[i] for i in rest + axes))
         others = others.transpose(numpy.argsort(rest + axes))     # back to a's axis order
         return _keep_axes(grad, axes, ctx.keepdims) * others
@@ -145,10 +145,16 @@ class Variance(Function):
     @staticmethod
     def backward(ctx, grad):
         # v = sum(d^2) / divisor, d = a - mean(a):  dv/da = 2 d / divisor (the mean's own
-        # gradient term, -2 sum(d) / (n divisor), is 0 since sum(d) = 0);  s = sqrt(v): ds = dv / (2 s)
+        # gradient term, -2 sum(d) / (n divisor), is 0 since sum(d) = 0)
+        # s = sqrt(v):  ds/da = dv/da / (2 s) = d / (divisor s), taken as 0 where s = 0 (PyTorch's
+        # choice: a constant slice has no slope to follow)
+        xp = get_array_module(grad)
         grad = _keep_axes(grad, ctx.axes, ctx.keepdims)
-        with quiet(get_array_module(grad)):
-            scale = 1 / (ctx.divisor * ctx.out) if ctx.root else (2 / ctx.divisor if ctx.divisor else math.inf)
+        with quiet(xp):
+            if ctx.root:
+                scale = xp.where(ctx.out == 0, 0, 1 / (ctx.divisor * ctx.out))
+            else:
+                scale = 2 / ctx.divisor if ctx.divisor else math.inf
             return grad * scale * ctx.d
 
 
