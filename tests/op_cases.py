@@ -373,3 +373,7 @@ CASES = [
     Case("rms_norm", mx.rms_norm, lambda a, w: a / np.sqrt((a * a).mean(-1, keepdims=True) + 1e-6) * w,
          normal((3, 5), (5,)), lambda t, a, w: F(t).rms_norm(a, (5,), w, eps=1e-6)),
 ]
+
+# argmax / argmin have no gradient, so no row above: (shape, axis, keepdims)
+ARG_CASES = [((3, 4), None, False), ((3, 4), -1, True), ((2, 3, 4), 1, False), ((), None, False),
+             ((), 0, True), ((1, 3), 0, False), ((2, 3), -2, False)]

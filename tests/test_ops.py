@@ -5,7 +5,7 @@ import pytest
 
 import minitx as mx
 from conftest import DEVICES
-from op_cases import CASES
+from op_cases import ARG_CASES, CASES
 
 
 def to_tensors(arrays, device, dtype="float64"):
@@ -133,3 +133,74 @@ def test_reshape_and_axis_errors():
 def test_gelu_rejects_unknown_approximation():
     with pytest.raises(ValueError, match="approximate"):
         mx.gelu(mx.zeros(2), approximate="fast")
+
+
+def test_numpy_values_on_the_left_give_tensors_in_the_graph():
+    x = mx.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    for y in (np.float64(3) * x, np.ones(3) * x, np.ones(3) - x, np.float32(2) ** x, np.ones(3) / x):
+        assert isinstance(y, mx.Tensor) and y.requires_grad
+    assert (np.float64(3) * x).dtype == np.float32  # a NumPy scalar acts as a Python number
+    assert isinstance(np.zeros(3) < x, mx.Tensor)
+    (np.arange(3.0) * x).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [0, 1, 2])
+
+
+def test_tensors_follow_the_sequence_protocol():
+    x = mx.tensor(np.arange(6.0).reshape(3, 2), requires_grad=True)
+    rows = list(x)
+    assert len(rows) == 3 and all(r.shape == (2,) and r.requires_grad for r in rows)
+    assert [r.tolist() for r in x] == [[0, 1], [2, 3], [4, 5]]
+    np.testing.assert_array_equal(np.asarray(x), x.numpy())
+    with pytest.raises(IndexError, match="does not fit shape"):
+        x[3]
+    with pytest.raises(TypeError, match="0-d"):
+        iter(mx.tensor(1.0))
+
+
+def test_mixed_integer_and_array_indices_place_axes_as_pytorch_does():
+    """x[1, :, d] applies the integer first, then d stays where it stood (NumPy moves it first)."""
+    x = mx.tensor(np.arange(2 * 3 * 4 * 5.0).reshape(2, 3, 4, 5))
+    d = np.array([3, 0])
+    assert x[1, :, d].shape == (3, 2, 5)             # NumPy: (2, 3, 5)
+    np.testing.assert_array_equal(x[1, :, d].numpy(), x.numpy()[1][:, d])
+    assert x[d[1:], :, 1].shape == (1, 3, 5)         # the same in both: d leads either way
+    assert x[:, 1, d].shape == x.numpy()[:, 1, d].shape == (2, 2, 5)   # adjacent: both agree
+
+
+def test_torch_keyword_names_and_their_conflicts():
+    x = mx.tensor(np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(x.sum(dim=1, keepdim=True).numpy(), x.sum(axis=1, keepdims=True).numpy())
+    assert mx.concatenate([x, x], dim=1).shape == (2, 6)
+    with pytest.raises(TypeError, match="both axis= and dim="):
+        x.sum(axis=0, dim=1)
+
+
+def test_var_defaults_to_numpy_ddof0_and_takes_pytorch_names():
+    x = mx.tensor([1.0, 2.0, 4.0], dtype="float64")
+    assert np.isclose(x.var().item(), np.var([1, 2, 4]))
+    for kwargs in (dict(ddof=1), dict(correction=1), dict(unbiased=True)):
+        assert np.isclose(x.var(**kwargs).item(), np.var([1, 2, 4], ddof=1))
+    with pytest.raises(TypeError, match="one of ddof=, correction=, unbiased="):
+        x.var(ddof=1, correction=1)
+
+
+@pytest.mark.parametrize("n, chunks, sizes", [(6, 4, [2, 2, 2]), (5, 3, [2, 2, 1]), (3, 5, [1, 1, 1]),
+                                              (4, 1, [4])])
+def test_chunk_cuts_like_pytorch(n, chunks, sizes):
+    assert [p.shape[0] for p in mx.zeros(n, 2).chunk(chunks)] == sizes
+
+
+@pytest.mark.parametrize("shape, axis, keepdims", ARG_CASES)
+def test_argmax_and_argmin_match_numpy(shape, axis, keepdims):
+    a = np.random.default_rng(0).standard_normal(shape)
+    for name in ("argmax", "argmin"):
+        out = getattr(mx, name)(mx.tensor(a), dim=axis, keepdim=keepdims)
+        expected = getattr(np, name)(a.reshape(-1) if a.ndim == 0 and axis is not None else a,
+                                     axis=axis, keepdims=keepdims)
+        assert out.dtype == np.int64 and not out.requires_grad
+        np.testing.assert_array_equal(out.numpy(), np.reshape(expected, out.shape))
+
+
+def test_einsum_diagonal_needs_equal_sizes():
+    with pytest.raises(ValueError, match="a diagonal needs equal sizes"):
+        mx.einsum("ii->i", mx.zeros(1, 3))  # 1 would broadcast elsewhere, not here

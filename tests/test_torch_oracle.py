@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 import minitx as mx  # noqa: E402
 from minitx import nn  # noqa: E402
 from minitx.optim import AdamW, clip_grad_norm  # noqa: E402
-from op_cases import CASES  # noqa: E402
+from op_cases import ARG_CASES, CASES  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import torch_twin  # noqa: E402
@@ -42,6 +42,15 @@ def test_op_matches_torch(case):
                                    rtol=RTOL, atol=ATOL, err_msg=f"gradient of input {i}")
 SMALL = dict(vocab_size=11, block_size=8, n_layer=2, n_head=4, d_model=16)
 B, N = 3, 8
+
+@pytest.mark.parametrize("shape, axis, keepdims", ARG_CASES)
+def test_argmax_and_argmin_match_torch(shape, axis, keepdims):
+    a = np.random.default_rng(6).standard_normal(shape)
+    for name in ("argmax", "argmin"):
+        expected = getattr(torch, name)(torch.tensor(a), dim=axis, keepdim=keepdims)
+        np.testing.assert_array_equal(getattr(mx, name)(mx.tensor(a), dim=axis, keepdim=keepdims).numpy(),
+                                      expected.numpy())
+
 
 DECODER_CASES = {
     "pre-ln layer learned gelu": dict(),
