@@ -112,16 +112,21 @@ class Prod(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        # y = prod_k a_k:  dy/da_j = prod_{k<j} a_k * prod_{k>j} a_k
+        # y = prod_k a_k:  dy/da_j = (prod_{k<j} a_k) (prod_{k>j} a_k), the product of the others
         xp, a, axes = get_array_module(grad), ctx.a, ctx.axes
         rest = tuple(i for i in range(a.ndim) if i not in axes)
         flat = a.transpose(rest + axes).reshape(tuple(a.shape[i] for i in rest) + (count(a.shape, axes),))
-        k, ones = flat.shape[-1], xp.ones(flat.shape[:-1] + (1,), a.dtype)                # flat: (..., K)
-        before = xp.cumprod(xp.concatenate([ones, flat], -1), -1)[..., :k]                # prod_{k<j}
-        after = xp.flip(xp.cumprod(xp.flip(xp.concatenate([flat, ones], -1), -1), -1), -1)[..., 1:]  # k>j
+        before = _product_before(flat)                             # (..., n): prod_{k<j} a_k
+        after = xp.flip(_product_before(xp.flip(flat, -1)), -1)    # (..., n): prod_{k>j} a_k
         others = (before * after).reshape(tuple(a.shape[i] for i in rest + axes))
-        others = others.transpose(numpy.argsort(rest + axes))     # back to a's axis order
-        return _keep_axes(grad, axes, ctx.keepdims) * others
+        return _keep_axes(grad, axes, ctx.keepdims) * others.transpose(numpy.argsort(rest + axes))
+
+
+def _product_before(x):
+    """[1, x0, x0 x1, ...]: the product of the elements before each one along the last axis."""
+    xp = get_array_module(x)
+    one = xp.ones(x.shape[:-1] + (1,), x.dtype)
+    return xp.cumprod(xp.concatenate([one, x], -1), -1)[..., :-1]
 
 
 class Variance(Function):
