@@ -27,6 +27,7 @@ import tracemalloc
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import minitx  # noqa: E402
 from minitx import backend  # noqa: E402
 from minitx.kernels import attention_backward, attention_forward  # noqa: E402
 
@@ -115,7 +116,7 @@ class Device:
 def make_inputs(device, B, H, N, D, dtype, seed=0):
     rng = np.random.default_rng(seed)
     arrays = [rng.standard_normal((B, H, N, D)).astype(dtype) for _ in range(4)]   # q k v do
-    return [backend.to_device(a, device.name) for a in arrays]
+    return [backend.move_array(a, device.name) for a in arrays]
 
 
 def minitx_runs(impl, inputs, causal):
@@ -123,17 +124,17 @@ def minitx_runs(impl, inputs, causal):
     q, k, v, do = inputs
 
     def forward():
-        return attention_forward(q, k, v, causal=causal, impl=impl)
+        return attention_forward(q, k, v, causal=causal, kernels=impl)
 
     def forward_backward():
         o, lse = forward()
-        return (o, lse) + attention_backward(q, k, v, o, lse, do, causal=causal, impl=impl)
+        return (o, lse) + attention_backward(q, k, v, o, lse, do, causal=causal, kernels=impl)
 
     return forward, forward_backward
 
 
 def torch_runs(device, inputs, causal):
-    q, k, v, do = (torch.as_tensor(backend.to_device(a, "cpu")).to(device.torch_device)
+    q, k, v, do = (torch.as_tensor(backend.move_array(a, "cpu")).to(device.torch_device)
                    for a in inputs)
     q, k, v = (x.requires_grad_() for x in (q, k, v))
     sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -167,7 +168,7 @@ def seconds(device, run):
 
 
 def max_relative_error(a, b):
-    a, b = (backend.to_device(x, "cpu").astype(np.float64) for x in (a, b))
+    a, b = (backend.move_array(x, "cpu").astype(np.float64) for x in (a, b))
     finite = np.isfinite(b)
     assert (np.isfinite(a) == finite).all(), "infinities differ"
     return np.abs(a[finite] - b[finite]).max() / max(1.0, np.abs(b[finite]).max())
@@ -279,6 +280,7 @@ def main():
     parser.add_argument("--dtype", choices=list(backend.DTYPES), default="float32")
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args()
+    minitx.use_fast_cpu_settings()   # as the command line does
 
     load_before = os.getloadavg()[0]
     device = Device(args.device)

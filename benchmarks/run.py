@@ -4,7 +4,7 @@
 
 Per device, minitx's DecoderOnly at that device's training preset (shakespeare-cpu: 4 layers,
 4 heads, d_model 128, block 64, batch 12; shakespeare-gpu: 6 layers, 6 heads, d_model 384,
-block 256, batch 64; vocabulary 65, float32) and its PyTorch twin (torch_twin.py) get the
+block 256, batch 64; vocabulary 65, float32) and its PyTorch twin (tests/torch_twin.py) get the
 same weights. Then:
   1. check: one batch gives the same loss (within 1e-4) and the same gradients (1e-3 relative)
   2. time the whole training step of each (forward, zero_grad, backward, clipping to norm 1,
@@ -49,17 +49,17 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import minitx  # noqa: E402  (first: its thread settings must precede NumPy's, numba's and torch's)
+import minitx  # noqa: E402
 import numba  # noqa: E402
 import numpy  # noqa: E402
 import torch  # noqa: E402
 
-from minitx import nn  # noqa: E402
 from minitx.optim import AdamW  # noqa: E402
-from minitx.train import model_config, preset  # noqa: E402
+from minitx.train import build_model, preset  # noqa: E402
 
 import profile_step  # noqa: E402
-import torch_twin  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import torch_twin  # noqa: E402  (tests/torch_twin.py: the twin the tests check minitx against)
 
 HERE = Path(__file__).resolve().parent
 VOCAB_SIZE = 65  # Tiny Shakespeare's characters
@@ -169,16 +169,17 @@ def measure(steps, iters, sync, rounds=4, warmup=3):
 def bench(device, args):
     """Check, time and (on the CPU) profile one device's preset; returns a dict of results."""
     cfg = preset(PRESETS[device], device=device)
-    print(f"\n{device}: {PRESETS[device]} (layers {cfg.n_layer}, heads {cfg.n_head}, d_model {cfg.d_model}, "
-          f"block {cfg.block_size}, batch {cfg.batch_size}, dropout {cfg.dropout}, float32)")
+    m = cfg.model
+    print(f"\n{device}: {PRESETS[device]} (layers {m.n_layer}, heads {m.n_head}, d_model {m.d_model}, "
+          f"block {m.block_size}, batch {cfg.batch_size}, dropout {m.dropout}, float32)")
     minitx.manual_seed(cfg.seed)
-    model = nn.DecoderOnly(model_config(cfg, VOCAB_SIZE)).to(device)
+    model = build_model(cfg, VOCAB_SIZE)
     twin = torch_twin.from_minitx(model, device)
     hyper = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     opt, twin_opt = AdamW(model.parameters(), **hyper), torch_twin.adamw(twin, **hyper)
 
     rng = numpy.random.default_rng(cfg.seed)
-    tokens = rng.integers(0, VOCAB_SIZE, (8, cfg.batch_size, cfg.block_size + 1))
+    tokens = rng.integers(0, VOCAB_SIZE, (8, cfg.batch_size, m.block_size + 1))
     batches = [(t[:, :-1], t[:, 1:]) for t in tokens]                      # numpy (B, T), like data.get_batch
     twin_batches = [tuple(torch.as_tensor(a, device=device) for a in b) for b in batches]
     loss_diff, grad_err = check_agreement(model, twin, *batches[0], device)
@@ -186,7 +187,7 @@ def bench(device, args):
     steps = {"minitx": lambda i: profile_step.train_step(model, opt, *batches[i % len(batches)], cfg.grad_clip),
              "PyTorch": lambda i: torch_twin.train_step(twin, twin_opt, *twin_batches[i % len(batches)], cfg.grad_clip)}
     times = measure(steps, args.iters, synchronizer(device))
-    tokens_per_step = cfg.batch_size * cfg.block_size
+    tokens_per_step = cfg.batch_size * m.block_size
     result = {"device": device, "preset": PRESETS[device], "loss_diff": loss_diff, "grad_err": grad_err}
     for name, t in times.items():
         q1, median, q3 = 1e3 * numpy.percentile(t, [25, 50, 75])
@@ -290,6 +291,7 @@ def chart(results, threads, path=HERE / "step_time.png"):
 
 
 def main(args):
+    minitx.use_fast_cpu_settings()   # as the command line does
     blas_threads = limit_blas_threads(args.threads)
     torch.set_num_threads(args.threads)
     numba.set_num_threads(args.threads)

@@ -7,6 +7,7 @@
     y.backward()                      # x.grad, w.grad
     mx.gradcheck(lambda x, w: mx.einsum("nd,dk->nk", x, w).tanh().sum(), (x, w))
 """
+from . import backend, kernels
 from .autograd import Function, is_grad_enabled, no_grad
 from .backend import cuda_available, default_device, set_default_device
 from .gradcheck import GradcheckError, gradcheck
@@ -21,3 +22,13 @@ from . import nn, optim
 from .tensor import Tensor, arange, ones, ones_like, rand, randn, tensor, zeros, zeros_like
 
 __version__ = "0.1.0"
+
+
+def use_fast_cpu_settings():
+    """Tune this process for minitx on the CPU: glibc keeps freed memory for reuse
+    (backend.keep_freed_memory) and numba's kernels use a thread pool whose idle threads sleep
+    (kernels.use_workqueue_threads); benchmarks/RESULTS.md has what each gained. Both change the
+    whole process, not only minitx, so importing minitx does neither: the command line and the
+    benchmarks call this, and so may you."""
+    backend.keep_freed_memory()
+    kernels.use_workqueue_threads()

@@ -1,6 +1,6 @@
 """The command line: `python -m minitx train | sample | experiment`.
 
-A thin shell: argparse built from the TrainConfig dataclass, errors turned into one line and a
+A thin shell: argparse built from the TrainConfig and TransformerConfig dataclasses, errors turned into one line and a
 non-zero exit, everything else in minitx.train / minitx.generate / minitx.experiments.
 """
 import argparse
@@ -10,7 +10,7 @@ from dataclasses import fields
 
 import numpy
 
-from . import backend, checkpoint
+from . import backend, checkpoint, nn, use_fast_cpu_settings
 from .train import PRESETS, TrainConfig, load_model, preset, train
 
 
@@ -24,11 +24,19 @@ def _none_or(kind):
     return lambda text: None if text.lower() == "none" else kind(text)
 
 
+def config_fields():
+    """(flag name, field) for every setting of a training run: TrainConfig's own fields, then its
+    model's (TransformerConfig's) fields but vocab_size, which the tokenizer decides."""
+    own = [(f.name, f) for f in fields(TrainConfig) if f.name != "model"]
+    model = [(f.name, f) for f in fields(nn.TransformerConfig) if f.name != "vocab_size"]
+    return own + model
+
+
 def add_config_flags(parser):
-    """One flag per TrainConfig field (--n-layer, --lr, --bias/--no-bias ...); unset flags are
+    """One flag per setting (--n-layer, --lr, --norm-first/--no-norm-first ...); unset flags are
     None, so the preset's value stands."""
-    for field in fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
+    for name, field in config_fields():
+        flag = "--" + name.replace("_", "-")
         kind = _field_type(field)
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
@@ -38,9 +46,12 @@ def add_config_flags(parser):
 
 
 def config_from_args(args):
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                 if getattr(args, f.name) is not None}
-    return preset(args.preset, **overrides)
+    model_names = {f.name for f in fields(nn.TransformerConfig)}
+    overrides = {name: getattr(args, name) for name, _ in config_fields()
+                 if getattr(args, name) is not None}
+    model = {k: v for k, v in overrides.items() if k in model_names}
+    own = {k: v for k, v in overrides.items() if k not in model_names}
+    return preset(args.preset, model=model, **own)
 
 
 def cmd_train(args):
@@ -108,6 +119,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    use_fast_cpu_settings()
     try:
         args.handler(args)  # each command's function, set by its subparser
     except (ValueError, RuntimeError, FileNotFoundError, FileExistsError, checkpoint.CheckpointError,

@@ -10,6 +10,7 @@ the stored reason with advice on what to install.
 import ctypes
 import os
 import sys
+from contextlib import contextmanager
 
 import numpy
 
@@ -70,8 +71,8 @@ def device_of(array):
     return "cuda" if get_array_module(array) is not numpy else "cpu"
 
 
-def to_device(array, device):
-    """Copy `array` to `device` (no copy when it is already there)."""
+def move_array(array, device):
+    """Copy `array` to `device` (no copy when it is already there); ops.transfer does it for tensors."""
     check_device(device)
     if device_of(array) == device:
         return array
@@ -95,12 +96,22 @@ def set_default_device(device):
     _default_device = check_device(device)
 
 
+@contextmanager
+def default_device_as(device):
+    """Within the block, tensors created without `device=` (a model's weights) go to `device`."""
+    global _default_device
+    previous, _default_device = _default_device, check_device(device)
+    try:
+        yield
+    finally:
+        _default_device = previous
+
+
 def default_device():
     global _default_device
     if _default_device is None:
         _default_device = check_device(os.environ.get("MINITX_DEVICE", "cpu"))
     return _default_device
-
 
 
 def keep_freed_memory():
@@ -109,8 +120,9 @@ def keep_freed_memory():
     Every op allocates fresh arrays. By default glibc returns large freed blocks to the OS
     (munmap, heap trimming), so the next array of that size page-faults its way in again: about
     10 % of a CPU training step here. Keeping freed memory (blocks up to 32 MB stay in the heap)
-    avoids that, at the price of a process that does not shrink. Linux with glibc only; elsewhere
-    nothing happens.
+    avoids that, at the price of a process that does not shrink, and for every other library in
+    the process too: so it is the caller's choice (the command line and the benchmarks make it;
+    see benchmarks/RESULTS.md). Linux with glibc only; elsewhere nothing happens.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -120,6 +132,3 @@ def keep_freed_memory():
         libc.mallopt(-1, 1 << 30)   # M_TRIM_THRESHOLD: keep up to 1 GB of free heap
     except (OSError, AttributeError):
         pass
-
-
-keep_freed_memory()

@@ -22,17 +22,27 @@ class CheckpointError(ValueError):
 
 def save(path, arrays, meta):
     """Write {name: array} and the JSON-serialisable `meta` to `path` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = json.dumps({"format": FORMAT, **meta}).encode("utf-8")
     buffer = io.BytesIO()
     numpy.savez(buffer, __meta__=numpy.frombuffer(header, dtype=numpy.uint8), **arrays)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(buffer.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, buffer.getvalue())
+
+
+def write_atomically(path, data):
+    """Write the bytes `data` to a temporary file beside `path`, flush them to the disk, then
+    rename the file over `path`: readers (and a machine that loses power) see the old file or the
+    new one, never half of one. Checkpoints and the tokenized-corpus cache are written so."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load(path):

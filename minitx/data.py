@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy
 
+from minitx.checkpoint import write_atomically
 from minitx.tokenizer import BPETokenizer, CharTokenizer, Tokenizer, TOKENIZERS, load_tokenizer
 
 
@@ -56,17 +57,6 @@ def _digest(text):
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _write_atomically(path, data):
-    """Write to a temporary file, then rename it over `path`: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def encode_corpus(text, tokenizer, path):
     """Encode `text` into the token file `path` (plus sidecar `path`.json), or reuse it.
 
@@ -88,9 +78,9 @@ def encode_corpus(text, tokenizer, path):
     dtype = token_dtype(tokenizer.vocab_size)
     ids = numpy.asarray(tokenizer.encode(text), dtype=dtype)
     _sidecar(path).unlink(missing_ok=True)  # the old sidecar must not vouch for the new file
-    _write_atomically(path, ids.tobytes())
+    write_atomically(path, ids.tobytes())
     meta = {"dtype": dtype.str, "count": len(ids), **key}
-    _write_atomically(_sidecar(path), json.dumps(meta).encode("utf-8"))
+    write_atomically(_sidecar(path), json.dumps(meta).encode("utf-8"))
     return load_tokens(path)
 
 
@@ -179,6 +169,6 @@ def prepare(data_path=None, tokenizer="char", vocab_size=512, cache_dir=None, va
         else:
             tokenizer = (CharTokenizer.train(text) if tokenizer == "char"
                          else BPETokenizer.train(text, vocab_size))
-            _write_atomically(saved, tokenizer.to_json().encode("utf-8"))
+            write_atomically(saved, tokenizer.to_json().encode("utf-8"))
     tokens = encode_corpus(text, tokenizer, cache / f"{name}-{tokenizer.fingerprint()}.tokens")
     return (tokenizer, *split(tokens, val_fraction))

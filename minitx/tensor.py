@@ -26,7 +26,7 @@ class Tensor:
         device = backend.check_device(device) if device is not None else (
             backend.device_of(data) if hasattr(data, "shape") else backend.default_device())
         if hasattr(data, "shape"):  # an array, perhaps on the other device
-            data = backend.to_device(data, device)
+            data = backend.move_array(data, device)
         data = backend.array_module(device).asarray(data)
         if dtype is not None:
             data = data.astype(_to_any_dtype(dtype), copy=False)
@@ -65,7 +65,7 @@ class Tensor:
 
     def numpy(self):
         """The data as a NumPy array (copied from the GPU when needed)."""
-        return backend.to_device(self.data, "cpu")
+        return backend.move_array(self.data, "cpu")
 
     def item(self):
         if self.size != 1:
@@ -85,7 +85,7 @@ class Tensor:
         if dtype is not None and self.dtype != _to_any_dtype(dtype):
             out = ops.astype(out, dtype=_to_any_dtype(dtype))
         if device is not None and backend.check_device(device) != self.device:
-            out = ops.to_device(out, device=device)
+            out = ops.transfer(out, device=device)
         return out
 
     def requires_grad_(self, flag=True):
@@ -103,14 +103,13 @@ class Tensor:
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad "
                                "(no input of the computation had requires_grad=True)")
-        xp = backend.get_array_module(self.data)
         if grad is None:
             if self.size != 1:
                 raise RuntimeError(f"backward() without a gradient needs a scalar, but this tensor "
                                    f"has shape {self.shape}; pass grad= of that shape")
-            grad = xp.ones_like(self.data)
+            grad = backend.get_array_module(self.data).ones_like(self.data)
         else:
-            grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+            grad = as_array(grad, self.device).astype(self.dtype, copy=False)
             if grad.shape != self.shape:
                 raise ValueError(f"backward(): grad has shape {grad.shape}, the tensor {self.shape}")
         autograd.backward(self, grad, retain_graph)
@@ -233,6 +232,15 @@ def _to_any_dtype(dtype):
 
 
 # --- factories --------------------------------------------------------------------------------
+def as_array(x, device):
+    """The array behind `x` (a Tensor, an array, a list) on `device`, copied only when it lives
+    elsewhere: how ops and models take ids, targets, indices and masks, which get no gradient."""
+    data = x.data if isinstance(x, Tensor) else x
+    if hasattr(data, "shape"):
+        return backend.move_array(data, device)
+    return backend.array_module(device).asarray(data)
+
+
 def tensor(data, requires_grad=False, dtype=None, device=None):
     """A leaf tensor from data (see Tensor.__init__)."""
     return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)

@@ -14,7 +14,7 @@ import json
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional
 
@@ -26,29 +26,14 @@ from .generate import generate
 from .optim import AdamW, clip_grad_norm, cosine_schedule
 from .tokenizer import Tokenizer
 
-# fields that shape the model or its data: a checkpoint only resumes into a run that agrees on them
-MODEL_FIELDS = ("data", "tokenizer", "vocab_size", "n_layer", "n_head", "n_kv_head", "d_model",
-                "block_size", "bias", "norm", "pos", "mlp", "dtype")
-
-
 @dataclass
 class TrainConfig:
     # data
     data: Optional[str] = None       # a UTF-8 text file; None = the bundled Tiny Shakespeare
     tokenizer: str = "char"          # "char" or "bpe"
     vocab_size: int = 512            # BPE vocabulary size (char: the corpus decides)
-    # model
-    n_layer: int = 4
-    n_head: int = 4
-    n_kv_head: Optional[int] = None
-    d_model: int = 128
-    block_size: int = 64
-    dropout: float = 0.0
-    bias: bool = True
-    norm: str = "layer"
-    pos: str = "learned"
-    mlp: str = "gelu"
-    attention: str = "auto"
+    # the model; its vocab_size is the tokenizer's, set when training starts
+    model: nn.TransformerConfig = field(default_factory=nn.TransformerConfig)
     # optimisation
     batch_size: int = 12
     max_iters: int = 2000
@@ -70,25 +55,34 @@ class TrainConfig:
     dtype: str = "float32"
 
 
+# what a checkpoint must agree on to resume into a run: these fields of the TrainConfig, and every
+# field of the model's config except these (they shape no weight)
+DATA_FIELDS = ("data", "tokenizer", "vocab_size", "dtype")
+FREE_MODEL_FIELDS = ("dropout", "kernels")
+
 PRESETS = {
     "shakespeare-cpu": {},
-    "shakespeare-gpu": dict(n_layer=6, n_head=6, d_model=384, block_size=256, batch_size=64,
-                            max_iters=5000, dropout=0.2, device="cuda", eval_iters=200,
+    "shakespeare-gpu": dict(model=dict(n_layer=6, n_head=6, d_model=384, block_size=256, dropout=0.2),
+                            batch_size=64, max_iters=5000, device="cuda", eval_iters=200,
                             eval_interval=500, out_dir="runs/shakespeare-gpu"),
 }
 
 
-def preset(name, **overrides):
+def preset(name, model=None, **overrides):
+    """The TrainConfig of preset `name`, with `overrides` of its fields and `model` (a dict) of
+    its model's fields."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: expected one of {sorted(PRESETS)}")
-    return TrainConfig(**{**PRESETS[name], **overrides})
+    settings = dict(PRESETS[name])
+    model = nn.TransformerConfig(**{**settings.pop("model", {}), **(model or {})})
+    return TrainConfig(**{**settings, **overrides}, model=model)
 
 
-def model_config(cfg, vocab_size):
-    return nn.TransformerConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
-                                n_head=cfg.n_head, n_kv_head=cfg.n_kv_head, d_model=cfg.d_model,
-                                dropout=cfg.dropout, bias=cfg.bias, norm=cfg.norm, pos=cfg.pos,
-                                mlp=cfg.mlp, attention=cfg.attention)
+def build_model(cfg, vocab_size):
+    """The decoder-only model of `cfg` for a vocabulary of `vocab_size`, drawn on cfg.device."""
+    with backend.default_device_as(cfg.device):
+        model = nn.DecoderOnly(replace(cfg.model, vocab_size=vocab_size))
+    return model.to(dtype=cfg.dtype)
 
 
 class Run:
@@ -120,7 +114,7 @@ def save_state(run, cfg, model, opt, tokenizer, step, batch_rng):
     arrays = {f"model/{name}": a for name, a in model.state_dict().items()}
     optim = opt.state_dict()
     for i, state in enumerate(optim.pop("state")):
-        arrays.update({f"optim/{i}/{k}": backend.to_device(v, "cpu") for k, v in state.items()})
+        arrays.update({f"optim/{i}/{k}": backend.move_array(v, "cpu") for k, v in state.items()})
     checkpoint.save(run.checkpoint, arrays, {
         "step": step, "config": asdict(cfg), "model_config": asdict(model.config),
         "tokenizer": tokenizer.to_dict(), "optimizer": optim,
@@ -130,20 +124,23 @@ def save_state(run, cfg, model, opt, tokenizer, step, batch_rng):
 def load_model(path, device="cpu"):
     """(model, tokenizer, meta) from a checkpoint file, ready for sampling."""
     meta, arrays = checkpoint.load(path)
-    model = nn.DecoderOnly(nn.TransformerConfig.from_dict(meta["model_config"]))
+    with backend.default_device_as(device):
+        model = nn.DecoderOnly(nn.TransformerConfig.from_dict(meta["model_config"]))
     try:
         model.load_state_dict(checkpoint.split_prefix(arrays, "model/"))
     except ValueError as error:
         raise checkpoint.CheckpointError(f"checkpoint {path} does not fit its own config: {error}")
-    return model.to(device), Tokenizer.from_dict(meta["tokenizer"]), meta
+    return model, Tokenizer.from_dict(meta["tokenizer"]), meta
 
 
 def _restore(run, cfg, model, opt, batch_rng):
     """Load the run's checkpoint into model, optimizer and generators; returns its step."""
     meta, arrays = checkpoint.load(run.checkpoint)
-    saved = meta["config"]
-    differ = [f"{k}={saved.get(k)!r} (this run: {getattr(cfg, k)!r})" for k in MODEL_FIELDS
-              if saved.get(k) != getattr(cfg, k)]
+    pairs = [(meta["config"], cfg, DATA_FIELDS),
+             (meta["model_config"], model.config,
+              [f.name for f in fields(model.config) if f.name not in FREE_MODEL_FIELDS])]
+    differ = [f"{k}={saved.get(k)!r} (this run: {getattr(now, k)!r})" for saved, now, names in pairs
+              for k in names if saved.get(k) != getattr(now, k)]
     if differ:
         raise checkpoint.CheckpointError(f"checkpoint {run.checkpoint} comes from another config: "
                                          + ", ".join(differ))
@@ -161,10 +158,11 @@ def estimate_loss(model, tokens, cfg, n_batches=None, seed=0):
     """Mean loss over `n_batches` random batches, or over the whole split when n_batches is None."""
     model.eval()
     if n_batches is None:
-        batches = data.iter_eval_batches(tokens, cfg.batch_size, cfg.block_size)
+        batches = data.iter_eval_batches(tokens, cfg.batch_size, cfg.model.block_size)
     else:
         rng = numpy.random.default_rng(seed)
-        batches = (data.get_batch(tokens, cfg.batch_size, cfg.block_size, rng) for _ in range(n_batches))
+        batches = (data.get_batch(tokens, cfg.batch_size, cfg.model.block_size, rng)
+                   for _ in range(n_batches))
     total = count = 0
     for x, y in batches:
         total += model(x, y)[1].item() * y.size
@@ -201,13 +199,14 @@ def train(cfg, resume=False, progress=True, say=print):
     if resume:
         tokenizer = Tokenizer.from_dict(checkpoint.load(run.checkpoint)[0]["tokenizer"])
     tokenizer, train_tokens, val_tokens = data.prepare(cfg.data, tokenizer, cfg.vocab_size)
+    block_size = cfg.model.block_size
     for name, split in (("training", train_tokens), ("validation", val_tokens)):
-        if len(split) < cfg.block_size + 1:
+        if len(split) < block_size + 1:
             raise ValueError(f"the {name} split has {len(split)} tokens, fewer than one window of "
-                             f"block_size + 1 = {cfg.block_size + 1}; use a longer corpus or a smaller block_size")
+                             f"block_size + 1 = {block_size + 1}; use a longer corpus or a smaller block_size")
 
     random.manual_seed(cfg.seed)
-    model = nn.DecoderOnly(model_config(cfg, tokenizer.vocab_size)).to(cfg.device, cfg.dtype)
+    model = build_model(cfg, tokenizer.vocab_size)
     opt = AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     batch_rng = numpy.random.default_rng(cfg.seed)
     step = _restore(run, cfg, model, opt, batch_rng) if resume else 0
@@ -216,12 +215,12 @@ def train(cfg, resume=False, progress=True, say=print):
         say(f"resuming {run.checkpoint} at step {step}")
     n_params = model.n_params()
     # FLOPs per token, forward and backward: 6 per parameter, plus attention's 12 * layers * d * T
-    flops_per_token = 6 * n_params + 12 * cfg.n_layer * cfg.d_model * cfg.block_size
+    flops_per_token = 6 * n_params + 12 * cfg.model.n_layer * cfg.model.d_model * block_size
     say(f"model: {n_params:,} parameters, vocab {tokenizer.vocab_size}, {len(train_tokens):,} training "
         f"tokens, device {cfg.device}")
 
     bar = _progress(cfg.max_iters, step, progress)
-    tokens_per_step = cfg.batch_size * cfg.block_size
+    tokens_per_step = cfg.batch_size * block_size
     started, interrupted = time.perf_counter(), False
     step_times = []
     with _DeferredInterrupt() as interrupt:
@@ -232,7 +231,7 @@ def train(cfg, resume=False, progress=True, say=print):
             t0 = time.perf_counter()
             opt.lr = cosine_schedule(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup_iters,
                                      total=cfg.max_iters)
-            x, y = data.get_batch(train_tokens, cfg.batch_size, cfg.block_size, batch_rng)
+            x, y = data.get_batch(train_tokens, cfg.batch_size, block_size, batch_rng)
             loss = model(x, y)[1]
             opt.zero_grad()
             loss.backward()

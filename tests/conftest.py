@@ -4,6 +4,7 @@ import pytest
 import minitx
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+minitx.use_fast_cpu_settings()   # as the command line does (importing minitx changes nothing)
 
 
 def pytest_collection_modifyitems(config, items):

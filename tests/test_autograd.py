@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +200,28 @@ def test_mixed_dtypes_give_gradients_in_each_input_dtype():
     b = mx.tensor([3.0, 4.0], requires_grad=True, dtype="float64")
     (a * b).sum().backward()
     assert a.grad.dtype == np.float32 and b.grad.dtype == np.float64
+
+
+def test_gpt_backward_runs_only_engine_ops_and_kernels():
+    """A GPT's backward pass runs code only in tensor.py, autograd.py, ops/ and kernels/ (and the
+    array-module helpers of backend.py): nn/ builds the graph and has no backward of its own."""
+    package = Path(mx.__file__).parent
+    model = mx.nn.DecoderOnly(mx.nn.TransformerConfig(vocab_size=11, block_size=8, n_layer=1,
+                                                      n_head=2, d_model=8, dropout=0.1))
+    ids = np.arange(16).reshape(2, 8) % 11
+    loss = model(ids, (ids + 1) % 11)[1]
+    ran = set()
+
+    def record(frame, event, arg):
+        path = Path(frame.f_code.co_filename)
+        if event == "call" and package in path.parents:
+            ran.add(path.relative_to(package).as_posix())
+    sys.setprofile(record)
+    try:
+        loss.backward()
+    finally:
+        sys.setprofile(None)
+    outside = {f for f in ran if f not in ("tensor.py", "autograd.py", "backend.py")
+               and not f.startswith(("ops/", "kernels/"))}
+    assert outside == set()
+    assert {"autograd.py", "ops/fused.py", "ops/einsum.py", "kernels/__init__.py"} <= ran

@@ -106,16 +106,16 @@ def test_encode_corpus_interrupted_rebuild_leaves_no_false_cache(tmp_path, monke
     forward = CharTokenizer.train(text)
     backward = CharTokenizer(forward.chars[::-1])
     encode_corpus(text, forward, path)
-    real_write = data._write_atomically
+    real_write = data.write_atomically
 
     def crash_before_sidecar(target, payload):
         if target.name.endswith(".json"):
             raise KeyboardInterrupt
         real_write(target, payload)
-    monkeypatch.setattr(data, "_write_atomically", crash_before_sidecar)
+    monkeypatch.setattr(data, "write_atomically", crash_before_sidecar)
     with pytest.raises(KeyboardInterrupt):
         encode_corpus(text, backward, path)  # token file replaced, sidecar not yet written
-    monkeypatch.setattr(data, "_write_atomically", real_write)
+    monkeypatch.setattr(data, "write_atomically", real_write)
     assert encode_corpus(text, forward, path).tolist() == forward.encode(text)
 
 

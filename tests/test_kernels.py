@@ -8,12 +8,14 @@ import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from minitx import backend, kernels
-from minitx.kernels import cupy_attention, numba_attention, reference
+from minitx.kernels import (cupy_attention, numba_attention, numba_pointwise, reference,
+                            reference_pointwise)
 
 GPU = backend.cuda_available()
 FUSED = [   # (fused kernel module, device of its arrays)
@@ -186,12 +188,12 @@ def run_both(implementation, inputs, options):
     q, k, v, do = inputs
     o, lse = reference.attention_forward(q, k, v, **options)
     expected = (o, lse) + reference.attention_backward(q, k, v, o, lse, do, **options)
-    q, k, v, do = (backend.to_device(a, device) for a in inputs)
+    q, k, v, do = (backend.move_array(a, device) for a in inputs)
     if options.get("key_mask") is not None:
-        options = dict(options, key_mask=backend.to_device(options["key_mask"], device))
+        options = dict(options, key_mask=backend.move_array(options["key_mask"], device))
     o, lse = module.attention_forward(q, k, v, **options)
     actual = (o, lse) + tuple(module.attention_backward(q, k, v, o, lse, do, **options))
-    return expected, [backend.to_device(a, "cpu") for a in actual]
+    return expected, [backend.move_array(a, "cpu") for a in actual]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
@@ -298,33 +300,94 @@ def test_bad_backward_shapes():
 
 def test_dispatch(monkeypatch):
     q = np.zeros((1, 1, 2, 4))
-    long_keys = kernels.FUSED_MIN_KEYS["cpu"]
-    monkeypatch.delenv("MINITX_ATTENTION", raising=False)
-    assert kernels._implementation("auto", q, long_keys) is numba_attention
-    assert kernels._implementation("auto", q, long_keys - 1) is reference   # few keys: reference wins
-    assert kernels._implementation("fused", q, 2) is numba_attention
-    assert kernels._implementation("reference", q, long_keys) is reference
-    monkeypatch.setenv("MINITX_ATTENTION", "reference")
-    assert kernels._implementation("auto", q, long_keys) is reference
-    assert kernels._implementation("fused", q, 2) is numba_attention   # explicit impl wins
-    monkeypatch.setenv("MINITX_ATTENTION", "fast")
-    with pytest.raises(ValueError, match="MINITX_ATTENTION"):
-        kernels._implementation("auto", q, 2)
-    with pytest.raises(ValueError, match="unknown attention impl"):
-        kernels.attention_forward(q, q, q, impl="flash")
+    long_keys = kernels.FUSED_MIN_SIZE[("attention", "cpu")]
+    monkeypatch.delenv("MINITX_KERNELS", raising=False)
+    assert kernels.choose("attention", q, long_keys) is numba_attention
+    assert kernels.choose("attention", q, long_keys - 1) is reference   # few keys: reference wins
+    assert kernels.choose("attention", q, 2, "fused") is numba_attention
+    assert kernels.choose("attention", q, long_keys, "reference") is reference
+    assert kernels.choose("pointwise", q, 1) is numba_pointwise          # no minimum size
+    monkeypatch.setenv("MINITX_KERNELS", "reference")                    # one switch for all
+    assert kernels.choose("attention", q, long_keys) is reference
+    assert kernels.choose("pointwise", q, 1) is reference_pointwise
+    assert kernels.choose("attention", q, 2, "fused") is numba_attention   # an explicit choice wins
+    monkeypatch.setenv("MINITX_KERNELS", "fused")
+    assert kernels.choose("attention", q, 2) is numba_attention
+    monkeypatch.setenv("MINITX_KERNELS", "fast")
+    with pytest.raises(ValueError, match="MINITX_KERNELS"):
+        kernels.choose("attention", q, 2)
+    with pytest.raises(ValueError, match="unknown kernels"):
+        kernels.attention_forward(q, q, q, kernels="flash")
+
+
+def test_the_kernel_decision_lives_in_one_module():
+    """Only kernels/__init__.py reads MINITX_KERNELS, and no module outside kernels/ reaches a
+    kernel module past it: everything else asks kernels.choose (through the kernels' functions)."""
+    root = Path(kernels.__file__).parents[1]
+    sources = {str(p.relative_to(root)): p.read_text() for p in root.rglob("*.py")}
+    assert {name for name, text in sources.items() if "MINITX_" + "KERNELS" in text} == \
+        {"kernels/__init__.py"}
+    kernel_modules = r"numba_attention|numba_pointwise|cupy_attention|reference_pointwise|kernels\.reference"
+    assert [name for name, text in sources.items()
+            if not name.startswith("kernels/") and re.search(kernel_modules, text)] == []
 
 
 def test_unsupported_dtype_falls_back_once(monkeypatch):
     monkeypatch.setattr(kernels, "_warned", set())
     (q, k, v, _), _ = case_inputs((1, 2, 2, 5, 5, 4), dict(), np.float16)
     with pytest.warns(UserWarning, match="float16"):
-        o, lse = kernels.attention_forward(q, k, v, causal=True, impl="fused")
+        o, lse = kernels.attention_forward(q, k, v, causal=True, kernels="fused")
     assert o.dtype == np.float16
     o_ref, _ = reference.attention_forward(q, k, v, causal=True)
     np.testing.assert_array_equal(o, o_ref)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        kernels.attention_forward(q, k, v, causal=True, impl="fused")
+        kernels.attention_forward(q, k, v, causal=True, kernels="fused")
+
+
+def _run_python(code, **env):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, **env), timeout=300)
+
+
+def test_import_leaves_the_process_alone():
+    """`import minitx` neither calls glibc's mallopt nor sets numba's threading layer;
+    use_fast_cpu_settings does both."""
+    code = (
+        "import ctypes\n"
+        "calls, real_cdll = [], ctypes.CDLL\n"
+        "class Recorder:  # a shared library whose mallopt is recorded, not called\n"
+        "    def __init__(self, name, *args, **kwargs):\n"
+        "        self.name, self.lib = name, real_cdll(name, *args, **kwargs)\n"
+        "    def __getattr__(self, f):\n"
+        "        if f != 'mallopt': return getattr(self.lib, f)\n"
+        "        return lambda *a: calls.append((self.name, f))\n"
+        "ctypes.CDLL = Recorder\n"
+        "import numba; layer = numba.config.THREADING_LAYER\n"
+        "import minitx\n"
+        "print(calls, numba.config.THREADING_LAYER == layer)\n"
+        "minitx.use_fast_cpu_settings()\n"
+        "print(sorted(set(calls)), numba.config.THREADING_LAYER)\n"
+    )
+    result = _run_python(code)
+    assert result.returncode == 0, result.stderr
+    on_import, after_opt_in = result.stdout.splitlines()
+    assert on_import == "[] True"
+    expected_calls = "[('libc.so.6', 'mallopt')]" if sys.platform.startswith("linux") else "[]"
+    assert after_opt_in == f"{expected_calls} workqueue"
+
+
+def test_compile_notice_only_when_compiling(tmp_path):
+    """The 'preparing the CPU attention kernel' notice comes when numba compiles, not when the
+    kernel loads from numba's cache."""
+    code = ("import numpy as np; from minitx import kernels\n"
+            "q = np.ones((1, 1, 4, 2), np.float32)\n"
+            "kernels.attention_forward(q, q, q, kernels='fused')\n")
+    first = _run_python(code, NUMBA_CACHE_DIR=str(tmp_path))
+    second = _run_python(code, NUMBA_CACHE_DIR=str(tmp_path))
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert "preparing the CPU attention kernel _forward_kernel for float32" in first.stderr
+    assert "preparing" not in second.stderr
 
 
 def test_numba_kernel_runs_as_plain_python():

@@ -130,9 +130,9 @@ def test_attention_matches_dense_computation(name, impl):
     expected = dense_attention(q, k, v, visible_matrix(2, Nq, Nk, **c))
     key_mask = c.pop("key_mask", None)
     tensors = [mx.tensor(a, dtype="float64", requires_grad=True) for a in (q, k, v)]
-    out = F.scaled_dot_product_attention(*tensors, mask=key_mask, impl=impl, **c)
+    out = F.scaled_dot_product_attention(*tensors, mask=key_mask, kernels=impl, **c)
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-10, atol=1e-12)
-    assert mx.gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask=key_mask, impl=impl, **c),
+    assert mx.gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask=key_mask, kernels=impl, **c),
                         tensors)
 
 
@@ -141,12 +141,12 @@ def test_causal_output_does_not_see_the_future(impl):
     """Changing tokens after t must leave the output at every position <= t unchanged."""
     rng = np.random.default_rng(1)
     q, k, v = (rng.standard_normal((1, 2, 8, 4)) for _ in range(3))
-    base = F.scaled_dot_product_attention(*map(mx.tensor, (q, k, v)), causal=True, impl=impl).numpy()
+    base = F.scaled_dot_product_attention(*map(mx.tensor, (q, k, v)), causal=True, kernels=impl).numpy()
     for t in range(7):
         k2, v2 = k.copy(), v.copy()
         k2[:, :, t + 1:] += 5 * rng.standard_normal(k2[:, :, t + 1:].shape)
         v2[:, :, t + 1:] += 5 * rng.standard_normal(v2[:, :, t + 1:].shape)
-        out = F.scaled_dot_product_attention(*map(mx.tensor, (q, k2, v2)), causal=True, impl=impl).numpy()
+        out = F.scaled_dot_product_attention(*map(mx.tensor, (q, k2, v2)), causal=True, kernels=impl).numpy()
         np.testing.assert_allclose(out[:, :, :t + 1], base[:, :, :t + 1], rtol=1e-5, atol=1e-6)
         assert not np.allclose(out[:, :, t + 1:], base[:, :, t + 1:])
 

@@ -1,9 +1,8 @@
-"""The fused CPU kernels for GELU and normalisation against the array code they replace."""
+"""The fused CPU kernels for GELU, normalisation and erf against their readable references."""
 import numpy as np
 import pytest
 
-from minitx.kernels import numba_pointwise as fused
-from minitx.ops import elementwise, nn as nn_ops
+from minitx.kernels import numba_pointwise as fused, reference_pointwise as reference
 
 SHAPES = [(1,), (7,), (3, 5), (2, 3, 129)]
 
@@ -15,9 +14,9 @@ def test_gelu_kernels_match_the_array_code(shape, dtype, rtol):
     x = (3 * rng.standard_normal(shape)).astype(dtype)
     g = rng.standard_normal(shape).astype(dtype)
     y, t = fused.gelu_tanh_forward(x)
-    y_ref, t_ref = elementwise.gelu_tanh_forward(x)
+    y_ref, t_ref = reference.gelu_tanh_forward(x)
     np.testing.assert_allclose(y, y_ref, rtol=rtol, atol=rtol)
-    np.testing.assert_allclose(fused.gelu_tanh_grad(x, t, g), elementwise.gelu_tanh_grad(x, t_ref, g),
+    np.testing.assert_allclose(fused.gelu_tanh_grad(x, t, g), reference.gelu_tanh_grad(x, t_ref, g),
                                rtol=rtol, atol=rtol)
     assert y.dtype == x.dtype
 
@@ -33,18 +32,26 @@ def test_normalize_kernels_match_the_array_code(shape, affine, center, dtype, rt
     g = rng.standard_normal(shape).astype(dtype)
     w = rng.standard_normal(d).astype(dtype) if affine != "none" else None
     b = rng.standard_normal(d).astype(dtype) if affine == "weight_bias" else None
-    got, expected = fused.normalize(x, w, b, 1e-5, center), nn_ops.normalize(x, w, b, 1e-5, center)
+    got, expected = fused.normalize(x, w, b, 1e-5, center), reference.normalize(x, w, b, 1e-5, center)
     for a, e in zip(got, expected):
         np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol)
     xhat, rstd = expected[1:]
     np.testing.assert_allclose(fused.normalize_grad(g, xhat, rstd, w, center),
-                               nn_ops.normalize_grad(g, xhat, rstd, w, center),
+                               reference.normalize_grad(g, xhat, rstd, w, center),
                                rtol=rtol, atol=rtol * float(rstd.max()))
 
 
 def test_kernels_accept_non_contiguous_inputs():
     x = np.random.default_rng(2).standard_normal((6, 8)).T
-    np.testing.assert_allclose(fused.gelu_tanh_forward(x)[0], elementwise.gelu_tanh_forward(x)[0], rtol=1e-12)
+    np.testing.assert_allclose(fused.gelu_tanh_forward(x)[0], reference.gelu_tanh_forward(x)[0], rtol=1e-12)
     np.testing.assert_allclose(fused.normalize(x, None, None, 1e-5, True)[0],
-                               nn_ops.normalize(x, None, None, 1e-5, True)[0], rtol=1e-11, atol=1e-12)
+                               reference.normalize(x, None, None, 1e-5, True)[0], rtol=1e-11, atol=1e-12)
 
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_erf_kernel_matches_the_reference(dtype):
+    x = np.linspace(-6, 6, 101).astype(dtype)
+    y = fused.erf(x)
+    np.testing.assert_array_equal(y, reference.erf(x))
+    assert y.dtype == x.dtype

@@ -1,9 +1,7 @@
 """PyTorch as an oracle. Every op case of tests/op_cases.py: the forward and the gradient of every
-input agree with PyTorch's in float64. And minitx and its PyTorch twin (benchmarks/torch_twin.py),
+input agree with PyTorch's in float64. And minitx and its PyTorch twin (tests/torch_twin.py),
 loaded with the same float64 weights, agree on the logits, the loss and every parameter gradient
 to 1e-8 relative, and AdamW with gradient clipping takes the same three steps."""
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +13,7 @@ from minitx import nn  # noqa: E402
 from minitx.optim import AdamW, clip_grad_norm  # noqa: E402
 from op_cases import ARG_CASES, CASES  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import torch_twin  # noqa: E402
+import torch_twin  # noqa: E402  (tests/torch_twin.py)
 
 RTOL, ATOL = 1e-8, 1e-10
 
@@ -40,8 +37,7 @@ def test_op_matches_torch(case):
         np.testing.assert_allclose(x.grad.numpy() if x.grad is not None else np.zeros(x.shape),
                                    y.grad.numpy() if y.grad is not None else np.zeros(x.shape),
                                    rtol=RTOL, atol=ATOL, err_msg=f"gradient of input {i}")
-SMALL = dict(vocab_size=11, block_size=8, n_layer=2, n_head=4, d_model=16)
-B, N = 3, 8
+
 
 @pytest.mark.parametrize("shape, axis, keepdims", ARG_CASES)
 def test_argmax_and_argmin_match_torch(shape, axis, keepdims):
@@ -52,6 +48,8 @@ def test_argmax_and_argmin_match_torch(shape, axis, keepdims):
                                       expected.numpy())
 
 
+SMALL = dict(vocab_size=11, block_size=8, n_layer=2, n_head=4, d_model=16)
+B, N = 3, 8
 DECODER_CASES = {
     "pre-ln layer learned gelu": dict(),
     "post-ln rms sinusoidal swiglu": dict(norm_first=False, norm="rms", pos="sinusoidal", mlp="swiglu"),

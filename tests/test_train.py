@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from minitx.__main__ import main
+from minitx import nn
+from minitx.__main__ import build_parser, config_from_args, main
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--d-model", "16", "--block-size", "16", "--batch-size", "4",
         "--eval-iters", "2", "--sample-tokens", "0", "--quiet"]
@@ -138,3 +139,27 @@ def test_help_lists_the_subcommands():
     out = subprocess.run([sys.executable, "-m", "minitx", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and all(c in out.stdout for c in ("train", "sample", "experiment"))
 
+
+
+def test_every_model_field_is_a_flag():
+    """The flags come from the dataclasses: window, norm_first, d_ff and the kernel choice too."""
+    args = build_parser().parse_args(["train", "--window", "8", "--no-norm-first", "--d-ff", "24",
+                                      "--kernels", "reference", "--n-layer", "2", "--lr", "0.5"])
+    cfg = config_from_args(args)
+    assert (cfg.model.window, cfg.model.norm_first, cfg.model.d_ff) == (8, False, 24)
+    assert (cfg.model.kernels, cfg.model.n_layer, cfg.lr) == ("reference", 2, 0.5)
+    assert config_from_args(build_parser().parse_args(["train"])).model == nn.TransformerConfig()
+
+
+def test_model_is_drawn_on_its_device(monkeypatch):
+    """build_model draws the weights on cfg.device, whatever the default device is: the default
+    device's generator is never asked (here the default is 'cuda', which would fail on CPU)."""
+    from minitx import backend, random
+    from minitx.train import build_model, preset
+    asked = []
+    real = random.generator
+    monkeypatch.setattr(random, "generator", lambda device="cpu": asked.append(device) or real(device))
+    monkeypatch.setattr(backend, "_default_device", "cuda")
+    model = build_model(preset("shakespeare-cpu", model=dict(n_layer=1), device="cpu"), 11)
+    assert {p.device for p in model.parameters()} == {"cpu"}
+    assert set(asked) == {"cpu"} and backend._default_device == "cuda"

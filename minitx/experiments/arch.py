@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 
 import numpy
 
-from .. import data, nn, random
+from .. import backend, data, nn, random
 from ..autograd import no_grad
 from ..optim import AdamW, clip_grad_norm, cosine_schedule
 from . import report
@@ -190,7 +190,8 @@ def train_one(variant, s, seed, train, heldout, vocab_size, device, log_every):
     """Train one variant with one seed; returns its held-out metrics and its loss curve."""
     M, T = train["src"].shape[1], train["dec_in"].shape[1]
     random.manual_seed(seed)
-    model = build(variant, s, vocab_size, M, T).to(device)
+    with backend.default_device_as(device):
+        model = build(variant, s, vocab_size, M, T)
     params = model.parameters()
     opt = AdamW(params, lr=s.lr, betas=(0.9, 0.99), weight_decay=0.1)
     rng = numpy.random.default_rng(seed)  # the same batches for every variant of this seed

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 
 import numpy
 
-from .. import nn, random
+from .. import backend, nn, random
 from ..autograd import no_grad
 from ..nn import KVCache
 from . import report
@@ -132,7 +132,8 @@ def run(out_dir, device="cpu", size="default"):
     cfg = nn.TransformerConfig(vocab_size=s.vocab_size, block_size=length, n_layer=s.n_layer,
                                n_head=s.n_head, d_model=s.d_model)
     random.manual_seed(0)
-    model = nn.DecoderOnly(cfg).to(device).eval()
+    with backend.default_device_as(device):
+        model = nn.DecoderOnly(cfg).eval()
     tokens = numpy.random.default_rng(0).integers(0, s.vocab_size, length)  # the script
     P = matmul_weights(model)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy
 
 from .. import data, nn
-from ..train import TrainConfig, estimate_loss, load_model, model_config, train
+from ..train import TrainConfig, build_model, estimate_loss, load_model, train
 from . import report
 
 
@@ -82,7 +82,7 @@ def frontier(points):
 
 
 def non_embedding_params(cfg, vocab_size):
-    model = nn.DecoderOnly(model_config(cfg, vocab_size))
+    model = build_model(cfg, vocab_size)
     return sum(p.size for name, p in model.named_parameters() if not name.startswith("embed."))
 
 
@@ -97,9 +97,10 @@ def run(out_dir, device="cpu", size="default"):
     for n_layer, n_head, d_model in s.sizes:
         for steps in s.budgets:
             name = f"L{n_layer}-H{n_head}-d{d_model}-{steps}"
-            cfg = TrainConfig(n_layer=n_layer, n_head=n_head, d_model=d_model, block_size=s.block_size,
-                              batch_size=s.batch_size, max_iters=steps, lr=s.lr, min_lr=s.lr / 10,
-                              warmup_iters=max(1, steps // 10), eval_interval=steps,
+            arch = nn.TransformerConfig(n_layer=n_layer, n_head=n_head, d_model=d_model,
+                                        block_size=s.block_size)
+            cfg = TrainConfig(model=arch, batch_size=s.batch_size, max_iters=steps, lr=s.lr,
+                              min_lr=s.lr / 10, warmup_iters=max(1, steps // 10), eval_interval=steps,
                               eval_iters=s.eval_iters, full_eval=False, sample_tokens=0,
                               out_dir=str(models_dir / name), device=device)
             t0 = time.perf_counter()

@@ -1,68 +1,111 @@
-"""Attention kernels on raw numpy/cupy arrays, and the one place that picks among them.
+"""Kernels on raw numpy/cupy arrays, and the one place that picks among them.
+
+Two families, each a readable reference beside its fused twins:
+
+    attention  reference.py (einsum + softmax, memory N^2)    numba_attention.py, cupy_attention.py
+    pointwise  reference_pointwise.py (GELU, norms, erf)      numba_pointwise.py (CPU only)
 
     o, lse = attention_forward(q, k, v, causal=True)   # q (B, H, Nq, D); k, v (B, Hkv, Nk, D)
     dq, dk, dv = attention_backward(q, k, v, o, lse, do, causal=True)
+    y, t = gelu_tanh_forward(x);  dx = gelu_tanh_grad(x, t, dy);  e = erf(x)
+    y, xhat, rstd = normalize(x, weight, bias, eps, center);  dx = normalize_grad(...)
 
-Options (the same for every implementation; see `reference.visibility_mask`): causal, key_mask
-(B, Nk) bool, window, prefix, scale (default 1/sqrt(D)).
+Attention options (the same for every implementation; see `reference.visibility_mask`): causal,
+key_mask (B, Nk) bool, window, prefix, scale (default 1/sqrt(D)).
 
-impl="reference" is the readable einsum + softmax specification (memory grows as N^2);
-impl="fused" is the flash-attention kernel of the arrays' device (numba on the CPU, CUDA through
-cupy on the GPU), which never stores the N x N matrix; impl="auto" means fused, unless the
-environment variable MINITX_ATTENTION=reference asks for the reference everywhere, or the
-keys are too few for the fused kernel to pay on this device (FUSED_MIN_KEYS). A dtype the
-fused kernel lacks (float16 on the CPU, say) falls back to the reference with a one-time warning.
+The rule (`choose`): kernels="reference" runs the reference, "fused" the fused kernel of the
+arrays' device, "auto" (the default) the fused kernel unless the environment variable
+MINITX_KERNELS=reference|fused asks otherwise for every kernel, or the call is too small for the
+fused kernel to pay (FUSED_MIN_SIZE). A device or dtype the fused kernel lacks falls back to the
+reference (with a one-time warning for a dtype it lacks).
 """
 import os
 import warnings
 
 from ..backend import device_of
-from . import cupy_attention, numba_attention, reference
+from . import cupy_attention, numba_attention, numba_pointwise, reference, reference_pointwise
 from .reference import visibility_mask
 
-IMPLEMENTATIONS = ("auto", "fused", "reference")
-FUSED = {"cpu": numba_attention, "cuda": cupy_attention}   # the fused kernel of each device
-# On the CPU both kernels run their products on BLAS; the fused kernel saves the N x N memory
-# traffic but pays a per-block set-up. Measured forward + backward, float32, 2 cores, D = 32
-# (benchmarks/RESULTS.md), reference time / fused time is 0.7 to 1.2 at 64 keys depending on the
-# run (a training step at 64 keys was no faster with the fused kernel), 1.0 to 1.3 at 128 and 256,
-# and 2.0 (full) to 3.9 (causal) at 1024. So the reference keeps the shortest sequences, where its
-# score matrix is small.
-FUSED_MIN_KEYS = {"cpu": 128, "cuda": 0}
+KERNELS = ("auto", "fused", "reference")
+REFERENCE = {"attention": reference, "pointwise": reference_pointwise}
+FUSED = {"attention": {"cpu": numba_attention, "cuda": cupy_attention},
+         "pointwise": {"cpu": numba_pointwise}}   # on the GPU the reference array code runs
+# Below this size (attention: number of keys) the reference is faster on that device: on the CPU
+# both attention kernels run their products on BLAS, and at short sequences the fused kernel's
+# per-block set-up costs more than the N x N memory traffic it saves (measured in
+# benchmarks/RESULTS.md, "CPU attention: where the fused kernel starts to pay").
+FUSED_MIN_SIZE = {("attention", "cpu"): 128}
 _warned = set()
 
 
-def _implementation(impl, q, n_keys):
-    """The module (reference, numba_attention or cupy_attention) that runs this call."""
-    if impl == "auto":
-        impl = os.environ.get("MINITX_ATTENTION", "auto")
-        if impl not in IMPLEMENTATIONS:
-            raise ValueError(f"MINITX_ATTENTION={impl!r}: expected one of {IMPLEMENTATIONS}")
-    elif impl not in IMPLEMENTATIONS:
-        raise ValueError(f"unknown attention impl {impl!r}: expected one of {IMPLEMENTATIONS}")
-    device = device_of(q)
-    if impl == "reference" or (impl == "auto" and n_keys < FUSED_MIN_KEYS[device]):
-        return reference
-    fused = FUSED[device]
-    if q.dtype.name not in fused.SUPPORTED_DTYPES:
-        if (device, q.dtype.name) not in _warned:
-            _warned.add((device, q.dtype.name))
-            warnings.warn(f"no fused attention kernel for {q.dtype} on {device} "
-                          f"(it has {fused.SUPPORTED_DTYPES}); using the reference",
-                          stacklevel=3)
-        return reference
+def choose(family, x, size=0, kernels="auto"):
+    """The module (reference or a fused kernel of `family`) that runs a call on array `x`."""
+    if kernels == "auto":
+        kernels = os.environ.get("MINITX_KERNELS", "auto")
+        if kernels not in KERNELS:
+            raise ValueError(f"MINITX_KERNELS={kernels!r}: expected one of {KERNELS}")
+    elif kernels not in KERNELS:
+        raise ValueError(f"unknown kernels {kernels!r}: expected one of {KERNELS}")
+    device = device_of(x)
+    fused = FUSED[family].get(device)
+    if (kernels == "reference" or fused is None
+            or (kernels == "auto" and size < FUSED_MIN_SIZE.get((family, device), 0))):
+        return REFERENCE[family]
+    if x.dtype.name not in fused.SUPPORTED_DTYPES:
+        if (family, device, x.dtype.name) not in _warned:
+            _warned.add((family, device, x.dtype.name))
+            warnings.warn(f"no fused {family} kernel for {x.dtype} on {device} "
+                          f"(it has {fused.SUPPORTED_DTYPES}); using the reference", stacklevel=3)
+        return REFERENCE[family]
     return fused
 
 
-def attention_forward(q, k, v, *, impl="auto", **options):
-    """(o (B, H, Nq, D), lse (B, H, Nq)) from the implementation chosen by `impl`."""
-    return _implementation(impl, q, k.shape[2]).attention_forward(q, k, v, **options)
+def use_workqueue_threads():
+    """Run numba's parallel kernels on numba's own "workqueue" thread pool, unless the user's
+    NUMBA_THREADING_LAYER says otherwise; call it before the first kernel runs.
+
+    numba's default pool on Linux is OpenMP, whose idle threads spin for a while after each kernel
+    and take the core that NumPy's BLAS threads need next (on 2 cores a training step ran 3x
+    slower); workqueue's idle threads sleep. A process-wide setting, so the caller's choice: the
+    command line and the benchmarks make it (minitx.use_fast_cpu_settings).
+    """
+    import numba
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER = "workqueue"
 
 
-def attention_backward(q, k, v, o, lse, do, *, impl="auto", **options):
-    """(dq, dk, dv) from the implementation chosen by `impl`."""
-    return _implementation(impl, q, k.shape[2]).attention_backward(q, k, v, o, lse, do, **options)
+def attention_forward(q, k, v, *, kernels="auto", **options):
+    """(o (B, H, Nq, D), lse (B, H, Nq)) from the kernel `choose` picks."""
+    return choose("attention", q, k.shape[2], kernels).attention_forward(q, k, v, **options)
 
 
-__all__ = ["attention_forward", "attention_backward", "visibility_mask", "IMPLEMENTATIONS",
-           "FUSED", "FUSED_MIN_KEYS"]
+def attention_backward(q, k, v, o, lse, do, *, kernels="auto", **options):
+    """(dq, dk, dv) from the kernel `choose` picks."""
+    return choose("attention", q, k.shape[2], kernels).attention_backward(q, k, v, o, lse, do,
+                                                                          **options)
+
+
+def gelu_tanh_forward(x, kernels="auto"):
+    return choose("pointwise", x, x.size, kernels).gelu_tanh_forward(x)
+
+
+def gelu_tanh_grad(x, t, grad, kernels="auto"):
+    return choose("pointwise", x, x.size, kernels).gelu_tanh_grad(x, t, grad)
+
+
+def erf(x, kernels="auto"):
+    return choose("pointwise", x, x.size, kernels).erf(x)
+
+
+def normalize(x, weight, bias, eps, center, kernels="auto"):
+    return choose("pointwise", x, x.size, kernels).normalize(x, weight, bias, eps, center)
+
+
+def normalize_grad(grad, xhat, rstd, weight, center, kernels="auto"):
+    return choose("pointwise", xhat, xhat.size, kernels).normalize_grad(grad, xhat, rstd, weight,
+                                                                        center)
+
+
+__all__ = ["attention_forward", "attention_backward", "gelu_tanh_forward", "gelu_tanh_grad", "erf",
+           "normalize", "normalize_grad", "visibility_mask", "choose", "KERNELS", "REFERENCE",
+           "FUSED", "FUSED_MIN_SIZE", "use_workqueue_threads"]

@@ -24,19 +24,12 @@ The score blocks are kept transposed, S^T (keys x queries), so that the per-quer
 loop over a row that LLVM vectorises, and no reduction has to be reordered to get there.
 """
 import math
-import os
 import sys
 
 import numba
 import numpy as np
 
 from ._checks import check_backward, check_forward, kernel_options
-
-# numba's default thread pool on Linux is OpenMP, whose idle threads spin for a while after each
-# kernel and take the core that NumPy's BLAS threads need next (on 2 cores a training step ran
-# 3x slower). numba's own "workqueue" pool lets idle threads sleep. A user's choice wins.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
 
 SUPPORTED_DTYPES = ("float32", "float64")
 BLOCK_Q = 64    # query rows per block
@@ -206,13 +199,22 @@ def _backward_kernel(q, k, v, do, lse, delta, key_mask, causal, window, prefix, 
                     dq[b, h, i0:i1] += np.dot(dsT.T, k_j)
 
 
-def _announce_first_use(kernel):
+def _announce_compiling(kernel, dtype):
     """numba compiles a kernel at its first call on a machine (15 s or so for each of these two;
-    later processes load it from numba's cache in __pycache__): say so rather than hang silently.
-    (Under NUMBA_DISABLE_JIT=1 a kernel is a plain function, with nothing to compile.)"""
-    if getattr(kernel, "signatures", None) == []:
-        print(f"minitx: preparing the CPU attention kernel {kernel.py_func.__name__} (compiled "
-              f"once per machine, about 15 s; loaded from the cache afterwards)", file=sys.stderr)
+    later processes load it from numba's cache in __pycache__): say so rather than hang silently,
+    and only then. (Under NUMBA_DISABLE_JIT=1 a kernel is a plain function, with nothing to
+    compile.)"""
+    if not hasattr(kernel, "signatures"):
+        return
+    signatures = list(kernel.signatures)
+    try:  # what numba's cache on disk holds (its index, keyed by signature)
+        signatures += [key[0] for key in kernel._cache._cache_file._load_index()]
+    except Exception:  # numba's internals moved: announce rather than stay silent
+        pass
+    if not any(sig[0].dtype.name == dtype.name for sig in signatures):
+        print(f"minitx: preparing the CPU attention kernel {kernel.py_func.__name__} for {dtype} "
+              f"(compiled once per machine, about 15 s; loaded from the cache afterwards)",
+              file=sys.stderr)
 
 
 def _check_dtype(q):
@@ -232,7 +234,7 @@ def attention_forward(q, k, v, *, causal=False, key_mask=None, window=None, pref
     q = np.multiply(q, scale, order="C")
     o = np.empty_like(q)
     lse = np.empty(q.shape[:3], q.dtype)
-    _announce_first_use(_forward_kernel)
+    _announce_compiling(_forward_kernel, q.dtype)
     _forward_kernel(q, np.ascontiguousarray(k), np.ascontiguousarray(v), mask, causal, window,
                     prefix, *exp_constants(q.dtype), o, lse)
     return o, lse
@@ -251,7 +253,7 @@ def attention_backward(q, k, v, o, lse, do, *, causal=False, key_mask=None, wind
     delta = (do * o).sum(axis=-1)                           # rowsum(do * o): (B, H, Nq)
     lse = np.where(lse == -np.inf, 0, lse).astype(q.dtype)  # see _backward_kernel
     dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
-    _announce_first_use(_backward_kernel)
+    _announce_compiling(_backward_kernel, q.dtype)
     _backward_kernel(q, k, v, do, lse, delta, mask, causal, window, prefix,
                      *exp_constants(q.dtype), dq, dk, dv)
     dq *= scale                          # the kernel saw S = (scale q) k^T

@@ -3,9 +3,8 @@
 NumPy evaluates an expression one operation at a time: every `*` or `+` is a pass over memory
 that writes a new temporary. For the largest arrays of a training step (the MLP's hidden
 activations, the residual stream) those passes, not the arithmetic, are the cost. Each kernel
-here makes one pass per row instead. The readable definitions stay in ops/ (elementwise.Gelu,
-nn.Normalize), which call these on NumPy arrays and run their own array code on CuPy; the tests
-check the two against each other.
+here makes one pass per row instead. The readable definitions are beside them in
+reference_pointwise.py, which also runs on CuPy; the tests check the two against each other.
 
 numba compiles tanh to a scalar library call (no vector math library is assumed), about 30x
 slower than NumPy's vectorised tanh, so the GELU forward leaves the tanh itself to NumPy.
@@ -13,10 +12,13 @@ All kernels take C-contiguous arrays, element-wise ones flattened, row-wise ones
 They run on one thread: they are bound by memory traffic, which one core nearly saturates, and
 a parallel kernel waits for its slowest thread, so a busy core stalls all of them.
 """
+import math
+
 import numba
 import numpy as np
 
 
+SUPPORTED_DTYPES = ("float32", "float64")
 SQRT_2_OVER_PI = 0.7978845608028654
 GELU_A = 0.044715
 
@@ -95,7 +97,7 @@ def normalize_backward(grad, xhat, rstd, weight, center, dx):
             dx[r, j] = s * (grad[r, j] * weight[j] - mean_g - xhat[r, j] * mean_p)
 
 
-# --- the same signatures as the array-code definitions in ops/ --------------------------------------
+# --- the same signatures as the definitions in reference_pointwise.py -----------------------------
 def _flat(a):
     return np.ascontiguousarray(a).reshape(-1)
 
@@ -142,3 +144,18 @@ def normalize_grad(grad, xhat, rstd, weight, center):
     normalize_backward(g2, _rows(xhat), np.ascontiguousarray(rstd).reshape(-1), weight, center, dx)
     return dx.reshape(xhat.shape)
 
+
+
+def _erf_scalar(x):
+    return math.erf(x)
+
+
+_erf_ufunc = None
+
+
+def erf(x):
+    """The error function elementwise, as a numba ufunc (one pass, no Python call per element)."""
+    global _erf_ufunc
+    if _erf_ufunc is None:  # compiled on first use, so `import minitx` does not wait for numba
+        _erf_ufunc = numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)(_erf_scalar)
+    return _erf_ufunc(x)

@@ -56,14 +56,14 @@ class KVCache:
 
 class MultiHeadAttention(Module):
     def __init__(self, d_model, n_head, n_kv_head=None, bias=True, dropout=0.0, rope=False,
-                 window=None, proj_std=0.02, impl="auto"):
+                 window=None, proj_std=0.02, kernels="auto"):
         n_kv_head = n_kv_head or n_head
         if d_model % n_head:
             raise ValueError(f"d_model={d_model} is not divisible by n_head={n_head}")
         if n_head % n_kv_head:
             raise ValueError(f"n_head={n_head} is not divisible by n_kv_head={n_kv_head}")
         self.n_head, self.n_kv_head, self.d_head = n_head, n_kv_head, d_model // n_head
-        self.rope, self.window, self.impl = rope, window, impl
+        self.rope, self.window, self.kernels = rope, window, kernels
         self.q = Linear(d_model, n_head * self.d_head, bias)
         self.kv = Linear(d_model, 2 * n_kv_head * self.d_head, bias)
         self.out = Linear(n_head * self.d_head, d_model, bias, std=proj_std)
@@ -91,6 +91,7 @@ class MultiHeadAttention(Module):
         causal = causal and not cross  # window and prefix refine the causal mask
         y = F.scaled_dot_product_attention(q, k, v, causal=causal, mask=mask,
                                            window=self.window if causal else None,
-                                           prefix=prefix if causal else None, impl=self.impl)
+                                           prefix=prefix if causal else None,
+                                           kernels=self.kernels)
         y = y.permute(0, 2, 1, 3).reshape(B, N, H * D)                          # (B, N, d_model)
         return self.drop(self.out(y))

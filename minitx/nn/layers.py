@@ -45,24 +45,24 @@ class Embedding(Module):
 class LayerNorm(Module):
     """Normalise each vector to zero mean, unit variance, then scale and shift (Ba et al. 2016)."""
 
-    def __init__(self, d_model, bias=True, eps=1e-5):
+    def __init__(self, d_model, bias=True, eps=1e-5, kernels="auto"):
         self.weight = init_constant((d_model,), 1.0)
         self.bias = init_constant((d_model,), 0.0) if bias else None
-        self.eps = eps
+        self.eps, self.kernels = eps, kernels
 
     def forward(self, x):
-        return F.layer_norm(x, self.weight, self.bias, self.eps)
+        return F.layer_norm(x, self.weight, self.bias, self.eps, self.kernels)
 
 
 class RMSNorm(Module):
     """Divide each vector by its root mean square, then scale (Zhang & Sennrich 2019): no mean, no bias."""
 
-    def __init__(self, d_model, bias=False, eps=1e-6):
+    def __init__(self, d_model, bias=False, eps=1e-6, kernels="auto"):
         self.weight = init_constant((d_model,), 1.0)
-        self.eps = eps
+        self.eps, self.kernels = eps, kernels
 
     def forward(self, x):
-        return F.rms_norm(x, self.weight, self.eps)
+        return F.rms_norm(x, self.weight, self.eps, self.kernels)
 
 
 NORMS = {"layer": LayerNorm, "rms": RMSNorm}
@@ -84,10 +84,11 @@ class MLP(Module):
     `proj_std` scales the output projection's init (GPT-2: 0.02 / sqrt(2 n_layer)).
     """
 
-    def __init__(self, d_model, d_ff, kind="gelu", bias=True, dropout=0.0, proj_std=0.02):
+    def __init__(self, d_model, d_ff, kind="gelu", bias=True, dropout=0.0, proj_std=0.02,
+                 kernels="auto"):
         if kind not in ("gelu", "swiglu"):
             raise ValueError(f"unknown MLP kind {kind!r}: expected 'gelu' or 'swiglu'")
-        self.kind = kind
+        self.kind, self.kernels = kind, kernels
         self.up = Linear(d_model, d_ff, bias)
         self.gate = Linear(d_model, d_ff, bias) if kind == "swiglu" else None
         self.down = Linear(d_ff, d_model, bias, std=proj_std)
@@ -96,7 +97,7 @@ class MLP(Module):
     def forward(self, x):
         h = self.up(x)
         if self.kind == "gelu":
-            h = ops.gelu(h, approximate="tanh")
+            h = ops.gelu(h, approximate="tanh", kernels=self.kernels)
         else:
             g = self.gate(x)
             h = g * ops.sigmoid(g) * h

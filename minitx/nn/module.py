@@ -82,7 +82,7 @@ class Module:
         """Move (or cast) every parameter in place; returns self."""
         for p in self.parameters():
             if device is not None:
-                p.data = backend.to_device(p.data, backend.check_device(device))
+                p.data = backend.move_array(p.data, backend.check_device(device))
             if dtype is not None:
                 p.data = p.data.astype(backend.to_dtype(dtype))
             p.grad = None
@@ -103,5 +103,5 @@ class Module:
             value = numpy.asarray(state[name])
             if value.shape != p.shape:
                 raise ValueError(f"state dict entry {name!r} has shape {value.shape}, the model's {p.shape}")
-            p.data = backend.to_device(value.astype(p.dtype), p.device)
+            p.data = backend.move_array(value.astype(p.dtype), p.device)
 

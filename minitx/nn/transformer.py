@@ -13,10 +13,9 @@ not), cross-attention on or off, and which parameters are shared.
 from dataclasses import dataclass, fields
 from typing import Optional
 
-import numpy
-
 from .. import ops
-from ..tensor import Tensor
+from ..backend import array_module, get_array_module
+from ..tensor import Tensor, as_array
 from .attention import KVCache, MultiHeadAttention
 from .layers import MLP, NORMS, Dropout, Embedding, Linear, residual_std
 from .module import Module
@@ -39,7 +38,7 @@ class TransformerConfig:
     pos: str = "learned"           # "learned" | "sinusoidal" | "rope"
     mlp: str = "gelu"              # "gelu" | "swiglu"
     window: Optional[int] = None   # sliding-window attention in causal layers
-    attention: str = "auto"        # attention kernel: "auto" | "fused" | "reference"
+    kernels: str = "auto"          # "auto" | "fused" | "reference" (see minitx.kernels.choose)
 
     def __post_init__(self):
         checks = [
@@ -78,14 +77,14 @@ class Block(Module):
         def attention():
             return MultiHeadAttention(cfg.d_model, cfg.n_head, cfg.n_kv_head, cfg.bias, cfg.dropout,
                                       rope=cfg.pos == "rope", window=cfg.window, proj_std=proj_std,
-                                      impl=cfg.attention)
+                                      kernels=cfg.kernels)
         self.norm_first = cfg.norm_first
-        self.ln_attn = shared.ln_attn if shared else Norm(cfg.d_model, cfg.bias)
+        self.ln_attn = shared.ln_attn if shared else Norm(cfg.d_model, cfg.bias, kernels=cfg.kernels)
         self.attn = shared.attn if shared else attention()
-        self.ln_mlp = shared.ln_mlp if shared else Norm(cfg.d_model, cfg.bias)
+        self.ln_mlp = shared.ln_mlp if shared else Norm(cfg.d_model, cfg.bias, kernels=cfg.kernels)
         self.mlp = shared.mlp if shared else MLP(cfg.d_model, cfg.d_ff or 4 * cfg.d_model, cfg.mlp,
-                                                 cfg.bias, cfg.dropout, proj_std)
-        self.ln_cross = Norm(cfg.d_model, cfg.bias) if cross_attn else None
+                                                 cfg.bias, cfg.dropout, proj_std, cfg.kernels)
+        self.ln_cross = Norm(cfg.d_model, cfg.bias, kernels=cfg.kernels) if cross_attn else None
         self.cross = (self.attn if share_cross_self else attention()) if cross_attn else None
 
     def residual(self, x, norm, sublayer):
@@ -108,7 +107,8 @@ class Stack(Module):
     def __init__(self, cfg, cross_attn=False, share_cross_self=False, shared=None):
         self.blocks = [Block(cfg, cross_attn, share_cross_self, shared.blocks[i] if shared else None)
                        for i in range(cfg.n_layer)]
-        self.ln_final = NORMS[cfg.norm](cfg.d_model, cfg.bias) if cfg.norm_first else None
+        self.ln_final = (NORMS[cfg.norm](cfg.d_model, cfg.bias, kernels=cfg.kernels) if cfg.norm_first
+                         else None)
 
     def forward(self, x, memories=None, every_layer=False, **kwargs):
         """x (B, N, d_model) -> (B, N, d_model); `memories` has one encoder output per block.
@@ -131,7 +131,7 @@ class Embedder(Module):
         self.drop = Dropout(cfg.dropout)
 
     def forward(self, ids, start=0):
-        ids = ids.data if isinstance(ids, Tensor) else numpy.asarray(ids)
+        ids = as_array(ids, self.tokens.weight.device)
         if ids.ndim != 2:
             raise ValueError(f"token ids must be (batch, sequence), got shape {ids.shape}")
         if start + ids.shape[1] > self.block_size:
@@ -140,7 +140,6 @@ class Embedder(Module):
         if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
             raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got values from "
                              f"{int(ids.min())} to {int(ids.max())}")
-        ids = Tensor(ids, device=self.tokens.weight.device)
         return self.drop(self.positions(self.tokens(ids), start))
 
     def logits(self, h):
@@ -150,12 +149,12 @@ class Embedder(Module):
 
 def lm_loss(logits, targets, loss_mask=None):
     """Next-token cross-entropy; positions where loss_mask is False (or targets are -100) don't count."""
-    targets = targets.data if isinstance(targets, Tensor) else numpy.asarray(targets)
+    targets = as_array(targets, logits.device)
     if loss_mask is not None:
-        loss_mask = loss_mask.data if isinstance(loss_mask, Tensor) else numpy.asarray(loss_mask)
+        loss_mask = as_array(loss_mask, logits.device)
         if loss_mask.shape != targets.shape:
             raise ValueError(f"loss_mask of shape {loss_mask.shape} does not match targets {targets.shape}")
-        targets = numpy.where(loss_mask, targets, -100)
+        targets = get_array_module(targets).where(loss_mask, targets, -100)
     return ops.cross_entropy(logits, targets, ignore_index=-100)
 
 
@@ -201,11 +200,12 @@ class EncoderOnly(Module):
         if self.pool == "first":
             pooled = h[:, 0]
         else:
-            m = numpy.ones(h.shape[:2], dtype=bool) if mask is None else _array(mask)
+            m = (array_module(h.device).ones(h.shape[:2], dtype=bool) if mask is None
+                 else as_array(mask, h.device))
             weights = Tensor(m / m.sum(axis=1, keepdims=True), dtype=h.dtype, device=h.device)   # (B, N)
             pooled = ops.einsum("bnd,bn->bd", h, weights)
         logits = self.head(pooled)
-        return logits, (ops.cross_entropy(logits, _array(labels)) if labels is not None else None)
+        return logits, (ops.cross_entropy(logits, labels) if labels is not None else None)
 
 
 @dataclass
@@ -254,10 +254,6 @@ class EncoderDecoder(Module):
     def forward(self, src, tgt, targets=None, *, src_mask=None):
         logits = self.decode(tgt, self.encode(src, src_mask), src_mask)
         return logits, (lm_loss(logits, targets) if targets is not None else None)
-
-
-def _array(x):
-    return x.data if isinstance(x, Tensor) else numpy.asarray(x)
 
 
 __all__ = ["TransformerConfig", "EncoderDecoderConfig", "Block", "Stack", "Embedder", "DecoderOnly",

@@ -1,7 +1,9 @@
 """Every differentiable op as a function on Tensors.
 
 The primitives are Function classes in the modules beside this one (elementwise, reduce,
-shape, einsum, nn); the rest are composed here from them, so they need no backward of their own.
+shape, einsum, fused); the rest are composed here from them, so they need no backward of their own.
+Ops whose arithmetic has a fused kernel (attention, GELU, the norms) take `kernels="auto"`; the
+choice itself is made in kernels/ (kernels.choose).
 
 Names and arguments follow NumPy (axis=, keepdims=), and PyTorch's spellings are accepted as well
 wherever they mean the same: dim= for axis=, keepdim= for keepdims= (see `torch_names`).
@@ -11,12 +13,13 @@ import functools
 import math
 
 from ..backend import get_array_module
-from ..tensor import Tensor
+from ..tensor import Tensor, as_array
 from .einsum import Einsum
 from .elementwise import (Abs, Add, AsType, Clip, Cos, Div, Erf, Exp, Gelu, LeakyRelu, Log, Mul,
                           Neg, PairExtremum, Pow, Relu, Rsqrt, Sigmoid, Sign, Silu, Sin, Softplus,
-                          Sqrt, Sub, Tanh, ToDevice, Where)
-from .nn import CrossEntropy, Dropout, LogSoftmax, Normalize, Softmax
+                          Sqrt, Sub, Tanh, Transfer, Where)
+from .fused import (Affine, Attention, CrossEntropy, InvertedDropout, LogSoftmax, Normalize,
+                    Softmax)
 from .reduce import CumSum, Extremum, LogSumExp, Prod, Sum, Variance, count, normalize_axes
 from .shape import Concatenate, Expand, Gather, GetItem, Pad, Permute, Reshape, Take
 
@@ -68,15 +71,15 @@ def clip(a, min=None, max=None):
     return Clip.apply(a, min, max)
 
 
-def gelu(a, approximate="none"):
+def gelu(a, approximate="none", kernels="auto"):
     """GELU; approximate="none" uses the exact erf form, "tanh" the approximation GPT-2 used."""
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu approximate must be 'none' or 'tanh', got {approximate!r}")
-    return Gelu.apply(a, approximate=approximate)
+    return Gelu.apply(a, approximate=approximate, kernels=kernels)
 
 
 def astype(a, dtype): return AsType.apply(a, dtype=dtype)
-def to_device(a, device): return ToDevice.apply(a, device=device)
+def transfer(a, device): return Transfer.apply(a, device=device)
 
 
 def where(cond, a, b):
@@ -236,7 +239,7 @@ def gather(a, axis, index):
 
 
 def _index_array(a, indices, name):
-    indices = indices.data if isinstance(indices, Tensor) else get_array_module(a.data).asarray(indices)
+    indices = as_array(indices, a.device)
     if indices.dtype.kind not in "iu":
         raise ValueError(f"{name}: indices must be integers, got {indices.dtype}")
     return indices
@@ -334,20 +337,46 @@ def log_softmax(x, axis=-1): return LogSoftmax.apply(x, axis=axis)
 
 def cross_entropy(logits, targets, ignore_index=-100):
     """Mean -log softmax(logits)[target] over positions whose target is not ignore_index."""
-    targets = targets.data if isinstance(targets, Tensor) else get_array_module(logits.data).asarray(targets)
+    targets = as_array(targets, logits.device)
     return CrossEntropy.apply(logits, targets, ignore_index=ignore_index)
 
 
-def layer_norm(x, weight=None, bias=None, eps=1e-5):
-    return Normalize.apply(x, weight, bias, eps=eps, center=True)
+def layer_norm(x, weight=None, bias=None, eps=1e-5, kernels="auto"):
+    return Normalize.apply(x, weight, bias, eps=eps, center=True, kernels=kernels)
 
 
-def rms_norm(x, weight=None, eps=1e-6):
-    return Normalize.apply(x, weight, None, eps=eps, center=False)
+def rms_norm(x, weight=None, eps=1e-6, kernels="auto"):
+    return Normalize.apply(x, weight, None, eps=eps, center=False, kernels=kernels)
 
 
 def dropout(x, p=0.5, training=True):
     """Inverted dropout; the identity when p == 0 or not training."""
     if not training or p == 0:
         return x
-    return Dropout.apply(x, p=p)
+    return InvertedDropout.apply(x, p=p)
+
+
+def linear(x, weight, bias=None):
+    """x @ weight^T + bias, weight (d_out, d_in) as in the papers' W x; x (..., d_in) -> (..., d_out)."""
+    return Affine.apply(x, weight, bias)
+
+
+def scaled_dot_product_attention(q, k, v, *, causal=False, mask=None, window=None, prefix=None,
+                                 scale=None, kernels="auto"):
+    """Attention of queries q (B, H, Nq, D) over keys k and values v (B, Hkv, Nk, D) -> (B, H, Nq, D).
+
+    Hkv must divide H: each group of H / Hkv query heads shares one key/value head (grouped-query
+    attention; Hkv = 1 is multi-query). Query i sits at position i + Nk - Nq, so a query decoded
+    against a KV cache sees everything before it.
+      causal=True   key j is visible to query i only if j <= i's position
+      mask          boolean (B, Nk), False for padding keys that no query may see
+      window=W      (with causal) only the W most recent keys, the query's own included
+      prefix=P      (with causal) keys j < P are visible to all queries: the prefix-LM mask,
+                    bidirectional over the first P tokens and causal after them
+    A query that sees no key at all gets zeros. `kernels` picks the kernel: "auto" (the fused kernel
+    of the tensors' device where it pays), "fused" or "reference" (plain einsum + softmax).
+    """
+    if mask is not None:
+        mask = as_array(mask, q.device)
+    return Attention.apply(q, k, v, mask, causal=causal, window=window, prefix=prefix, scale=scale,
+                           kernels=kernels)

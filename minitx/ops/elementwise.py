@@ -5,10 +5,9 @@ Each backward restates the forward it undoes: for y = f(x), dL/dx = dL/dy * f'(x
 import contextlib
 import math
 
-import numpy
-
 from ..autograd import Function
-from ..backend import device_of, get_array_module, to_device
+from ..backend import device_of, get_array_module, move_array
+from ..kernels import erf, gelu_tanh_forward, gelu_tanh_grad
 
 
 class Add(Function):
@@ -284,78 +283,30 @@ class Erf(Function):
         return grad * (2 / math.sqrt(math.pi)) * get_array_module(grad).exp(-ctx.a * ctx.a)
 
 
-_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
-
-
-def fused_cpu(x):
-    """The fused numba kernels (kernels/numba_pointwise.py) for NumPy arrays, None for CuPy ones."""
-    if get_array_module(x) is not numpy:
-        return None
-    from ..kernels import numba_pointwise
-    return numba_pointwise
-
-
-def gelu_tanh_forward(x):
-    """(y, t): y = x/2 (1 + t), t = tanh(sqrt(2/pi) (x + 0.044715 x^3)), t kept for backward."""
-    t = get_array_module(x).tanh(_SQRT_2_OVER_PI * (x + 0.044715 * (x * x * x)))  # x*x*x: NumPy's
-    return 0.5 * x * (1 + t), t                                                    # x**3 is ~50x slower
-
-
-def gelu_tanh_grad(x, t, grad):
-    """dL/dx = grad (1 + t + x (1 - t^2) du/dx) / 2,  du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)."""
-    du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
-    return grad * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du)
-
-
 class Gelu(Function):
     """GELU(x) = x * Phi(x), Phi the standard normal CDF ("none"), or its tanh approximation ("tanh").
 
-    The tanh form runs as fused numba kernels on the CPU (one pass instead of a dozen over the
-    MLP's hidden activations) and as the array code above on the GPU.
+    The tanh form and erf come from kernels/ (one fused pass on the CPU, the reference array code
+    on the GPU); `kernels` picks among them as everywhere (see kernels.choose).
     """
 
     @staticmethod
-    def forward(ctx, x, approximate="none"):
-        ctx.x, ctx.approximate = x, approximate
+    def forward(ctx, x, approximate="none", kernels="auto"):
+        ctx.x, ctx.approximate, ctx.kernels = x, approximate, kernels
         if approximate == "tanh":
-            fused = fused_cpu(x)
-            y, ctx.t = fused.gelu_tanh_forward(x) if fused else gelu_tanh_forward(x)
+            y, ctx.t = gelu_tanh_forward(x, kernels)
             return y
-        ctx.cdf = 0.5 * (1 + erf(x * (1 / math.sqrt(2))))
+        ctx.cdf = 0.5 * (1 + erf(x * (1 / math.sqrt(2)), kernels))
         return x * ctx.cdf
 
     @staticmethod
     def backward(ctx, grad):
         x = ctx.x
         if ctx.approximate == "tanh":
-            fused = fused_cpu(x)
-            return fused.gelu_tanh_grad(x, ctx.t, grad) if fused else gelu_tanh_grad(x, ctx.t, grad)
+            return gelu_tanh_grad(x, ctx.t, grad, ctx.kernels)
         # y = x Phi(x):  dy/dx = Phi(x) + x phi(x),  phi the standard normal density
         pdf = get_array_module(x).exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
         return grad * (ctx.cdf + x * pdf)
-
-
-def erf(x):
-    """The error function elementwise; NumPy has none, so on the CPU it is a small numba ufunc."""
-    if get_array_module(x) is numpy:
-        return _numba_erf()(x)
-    import cupyx.scipy.special
-    return cupyx.scipy.special.erf(x)
-
-
-def _erf_scalar(x):
-    return math.erf(x)
-
-
-_erf_ufunc = None
-
-
-def _numba_erf():
-    global _erf_ufunc
-    if _erf_ufunc is None:  # compiled on first use, so `import minitx` does not wait for numba
-        import numba
-        _erf_ufunc = numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)(_erf_scalar)
-    return _erf_ufunc
 
 
 class Where(Function):
@@ -428,13 +379,15 @@ class AsType(Function):
         return grad.astype(ctx.dtype)
 
 
-class ToDevice(Function):
+class Transfer(Function):
+    """A copy on another device; the gradient travels back to the device the input came from."""
+
     @staticmethod
     def forward(ctx, a, device):
         ctx.device = device_of(a)
-        return to_device(a, device)
+        return move_array(a, device)
 
     @staticmethod
     def backward(ctx, grad):
-        return to_device(grad, ctx.device)
+        return move_array(grad, ctx.device)
 

@@ -1,12 +1,57 @@
-"""Fused ops of neural networks: softmax, log-softmax, cross-entropy, normalisation, dropout.
+"""Fused ops of neural networks: linear (affine) maps, attention, softmax, log-softmax,
+cross-entropy, normalisation, dropout.
 
 Each could be composed from the primitives; written as one op with a hand-derived backward,
-it is numerically stable (no overflow for logits of 1e4) and saves a dozen graph nodes.
+it is numerically stable (no overflow for logits of 1e4) and saves a dozen graph nodes. The
+attention and normalisation arithmetic comes from kernels/, which picks the kernel.
 """
 from ..autograd import Function
 from ..backend import device_of, get_array_module
-from .elementwise import fused_cpu
+from ..kernels import attention_backward, attention_forward, normalize, normalize_grad
 from ..random import uniform_array
+from .einsum import contract
+
+
+class Affine(Function):
+    """y = x W^T + b as one op: the einsum, with the bias added in place (a separate add would
+    be one more graph node and one more pass over y, the largest array of the layer).
+
+        forward:  y = einsum("...i,oi->...o", x, W) + b
+        backward: dx = einsum("...o,oi->...i", dy, W)    dW = einsum("...o,...i->oi", dy, x)
+                  db = dy summed over every axis but the last
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias=None):
+        ctx.x, ctx.weight = x, weight
+        y = contract("...i,oi->...o", x, weight)
+        if bias is not None:
+            y += bias
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        needs = ctx.needs_grad
+        dx = contract("...o,oi->...i", grad, ctx.weight) if needs[0] else None
+        dweight = contract("...o,...i->oi", grad, ctx.x) if needs[1] else None
+        dbias = grad.reshape(-1, grad.shape[-1]).sum(axis=0) if len(needs) > 2 and needs[2] else None
+        return dx, dweight, dbias
+
+
+class Attention(Function):
+    """softmax(q k^T * scale + mask) v as one op; forward and backward come from a kernel
+    (kernels/), which also returns the per-row log-sum-exp that backward needs."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, key_mask=None, **options):
+        o, lse = attention_forward(q, k, v, key_mask=key_mask, **options)
+        ctx.saved, ctx.key_mask, ctx.options = (q, k, v, o, lse), key_mask, options
+        return o
+
+    @staticmethod
+    def backward(ctx, grad):
+        dq, dk, dv = attention_backward(*ctx.saved, grad, key_mask=ctx.key_mask, **ctx.options)
+        return dq, dk, dv, None
 
 
 def _shift(x, axis):
@@ -86,59 +131,29 @@ class CrossEntropy(Function):
         return d.reshape(ctx.shape), None
 
 
-def normalize(x, weight, bias, eps, center):
-    """(y, xhat, rstd) of layer norm (center=True) or RMS norm (center=False) over the last axis:
-
-        layer norm: xhat = (x - mean(x)) / sqrt(var(x) + eps)
-        RMS norm:   xhat = x / sqrt(mean(x^2) + eps)
-        y = xhat * weight + bias                   (weight, bias optional)
-    """
-    xp = get_array_module(x)
-    if center:
-        x = x - x.mean(axis=-1, keepdims=True)
-    rstd = 1 / xp.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)
-    xhat = x * rstd
-    y = xhat if weight is None else xhat * weight
-    return (y if bias is None else y + bias), xhat, rstd
-
-
-def normalize_grad(grad, xhat, rstd, weight, center):
-    """dL/dx of `normalize`: with dxhat = grad * weight,
-    dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)); RMS norm has no mean(dxhat)."""
-    dxhat = grad if weight is None else grad * weight
-    dx = dxhat - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
-    if center:
-        dx = dx - dxhat.mean(axis=-1, keepdims=True)
-    return rstd * dx
-
-
 class Normalize(Function):
-    """Layer norm or RMS norm (see `normalize`) as one op: fused numba kernels on the CPU, the
-    array code above on the GPU."""
+    """Layer norm or RMS norm (see kernels.normalize) as one op."""
 
     @staticmethod
-    def forward(ctx, x, weight=None, bias=None, eps=1e-5, center=True):
+    def forward(ctx, x, weight=None, bias=None, eps=1e-5, center=True, kernels="auto"):
         if weight is not None and weight.shape != x.shape[-1:]:
             raise ValueError(f"normalisation weight of shape {weight.shape} does not match the last "
                              f"axis of {x.shape}")
-        fused = fused_cpu(x)
-        y, ctx.xhat, ctx.rstd = (fused.normalize if fused else normalize)(x, weight, bias, eps, center)
-        ctx.weight, ctx.center = weight, center
+        y, ctx.xhat, ctx.rstd = normalize(x, weight, bias, eps, center, kernels)
+        ctx.weight, ctx.center, ctx.kernels = weight, center, kernels
         return y
 
     @staticmethod
     def backward(ctx, grad):
         xhat, needs = ctx.xhat, ctx.needs_grad
-        fused = fused_cpu(xhat)
-        dx = (fused.normalize_grad if fused else normalize_grad)(grad, xhat, ctx.rstd, ctx.weight,
-                                                                 ctx.center)
+        dx = normalize_grad(grad, xhat, ctx.rstd, ctx.weight, ctx.center, ctx.kernels)
         rows = tuple(range(grad.ndim - 1))
         dweight = (grad * xhat).sum(axis=rows) if len(needs) > 1 and needs[1] else None
         dbias = grad.sum(axis=rows) if len(needs) > 2 and needs[2] else None
         return dx, dweight, dbias
 
 
-class Dropout(Function):
+class InvertedDropout(Function):
     """Zero each element with probability p and scale the rest by 1/(1-p) (inverted dropout),
     so the expected value is unchanged and evaluation needs no rescaling."""
 
