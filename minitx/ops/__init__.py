@@ -13,6 +13,7 @@ import functools
 import math
 
 from ..backend import get_array_module
+from ..random import random_seed
 from ..tensor import Tensor, as_array
 from .einsum import Einsum
 from .elementwise import (Abs, Add, AsType, Clip, Cos, Div, Erf, Exp, Gelu, LeakyRelu, Log, Mul,
@@ -335,18 +336,70 @@ def softmax(x, axis=-1): return Softmax.apply(x, axis=axis)
 def log_softmax(x, axis=-1): return LogSoftmax.apply(x, axis=axis)
 
 
-def cross_entropy(logits, targets, ignore_index=-100):
-    """Mean -log softmax(logits)[target] over positions whose target is not ignore_index."""
-    targets = as_array(targets, logits.device)
-    return CrossEntropy.apply(logits, targets, ignore_index=ignore_index)
+def cross_entropy(logits, targets, ignore_index=-100, *, weight=None, reduction="mean",
+                  label_smoothing=0.0, axis=-1):
+    """Cross-entropy of `logits` with the classes along `axis` against `targets`.
+
+    The classes lie on the LAST axis by default, minitx's (..., C) layout for a Transformer's
+    (B, N, vocab) logits; axis=1 is PyTorch's (N, C, d1, ...) layout. `targets` are class
+    indices (the logits' shape without the class axis; `ignore_index` marks positions that count
+    nowhere) or class probabilities (the logits' shape; a tensor of them gets a gradient).
+    weight: per-class weights; label_smoothing: eps in (1 - eps) target + eps / C;
+    reduction: "mean" (over counted targets, weighted: nan when none counts), "sum" or "none".
+    """
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if not 0 <= label_smoothing <= 1:
+        raise ValueError(f"cross_entropy label_smoothing must be in [0, 1], got {label_smoothing}")
+    if not (isinstance(targets, Tensor) and targets.dtype.kind == "f"):
+        targets = as_array(targets, logits.device)
+    probabilities = targets.dtype.kind == "f"
+    axis = axis % logits.ndim
+    if axis != logits.ndim - 1:  # classes last: a view, not a copy
+        order = [i for i in range(logits.ndim) if i != axis] + [axis]
+        logits = permute(logits, order)
+        if probabilities:
+            targets = permute(targets, order) if isinstance(targets, Tensor) else targets.transpose(order)
+    expected = logits.shape if probabilities else logits.shape[:-1]
+    if tuple(targets.shape) != expected:
+        raise ValueError(f"cross_entropy: targets of shape {tuple(targets.shape)} do not match logits "
+                         f"of shape {logits.shape} (expected class indices of shape "
+                         f"{logits.shape[:-1]} or probabilities of shape {logits.shape})")
+    n_class = logits.shape[-1]
+    if weight is not None:
+        weight = as_array(weight, logits.device).astype(logits.dtype, copy=False)
+    loss = CrossEntropy.apply(reshape(logits, (-1, n_class)),
+                              reshape(targets, (-1, n_class)) if isinstance(targets, Tensor)
+                              else targets.reshape((-1, n_class) if probabilities else (-1,)),
+                              weight, ignore_index=ignore_index, reduction=reduction,
+                              label_smoothing=label_smoothing)
+    return reshape(loss, logits.shape[:-1]) if reduction == "none" else loss
 
 
-def layer_norm(x, weight=None, bias=None, eps=1e-5, kernels="auto"):
-    return Normalize.apply(x, weight, bias, eps=eps, center=True, kernels=kernels)
+def layer_norm(x, weight=None, bias=None, eps=1e-5, kernels="auto", normalized_shape=None):
+    """(x - mean) / sqrt(var + eps) * weight + bias over the trailing axes `normalized_shape`
+    (PyTorch's argument; by default the shape of weight, else the last axis)."""
+    return _normalize(x, weight, bias, eps, True, kernels, normalized_shape)
 
 
-def rms_norm(x, weight=None, eps=1e-6, kernels="auto"):
-    return Normalize.apply(x, weight, None, eps=eps, center=False, kernels=kernels)
+def rms_norm(x, weight=None, eps=1e-6, kernels="auto", normalized_shape=None):
+    """x / sqrt(mean(x^2) + eps) * weight over the trailing axes `normalized_shape` (as layer_norm)."""
+    return _normalize(x, weight, None, eps, False, kernels, normalized_shape)
+
+
+def _normalize(x, weight, bias, eps, center, kernels, normalized_shape):
+    """Normalize over the trailing axes: the fused op works on the last axis, so several trailing
+    axes are first viewed as one (and weight and bias with them)."""
+    shape = (tuple(normalized_shape) if normalized_shape is not None
+             else tuple(weight.shape) if weight is not None else x.shape[-1:])
+    if not shape or x.shape[x.ndim - len(shape):] != shape:
+        raise ValueError(f"normalized shape {shape} is not the trailing shape of {x.shape}")
+    if len(shape) == 1:
+        return Normalize.apply(x, weight, bias, eps=eps, center=center, kernels=kernels)
+    flat = lambda t: None if t is None else reshape(t, (math.prod(shape),))
+    y = Normalize.apply(reshape(x, x.shape[:x.ndim - len(shape)] + (math.prod(shape),)),
+                        flat(weight), flat(bias), eps=eps, center=center, kernels=kernels)
+    return reshape(y, x.shape)
 
 
 def dropout(x, p=0.5, training=True):
@@ -361,8 +414,9 @@ def linear(x, weight, bias=None):
     return Affine.apply(x, weight, bias)
 
 
-def scaled_dot_product_attention(q, k, v, *, causal=False, mask=None, window=None, prefix=None,
-                                 scale=None, kernels="auto"):
+def scaled_dot_product_attention(q, k, v, *, causal=False, mask=None, attn_mask=None,
+                                 dropout_p=0.0, window=None, prefix=None, scale=None,
+                                 kernels="auto"):
     """Attention of queries q (B, H, Nq, D) over keys k and values v (B, Hkv, Nk, D) -> (B, H, Nq, D).
 
     Hkv must divide H: each group of H / Hkv query heads shares one key/value head (grouped-query
@@ -373,10 +427,21 @@ def scaled_dot_product_attention(q, k, v, *, causal=False, mask=None, window=Non
       window=W      (with causal) only the W most recent keys, the query's own included
       prefix=P      (with causal) keys j < P are visible to all queries: the prefix-LM mask,
                     bidirectional over the first P tokens and causal after them
+      attn_mask     as in PyTorch: a float tensor broadcast to (B, H, Nq, Nk) added to the scaled
+                    scores (ALiBi, a learned relative-position bias: it gets a gradient), or a
+                    boolean one, True where a query may attend
+      dropout_p     dropout on the attention probabilities, applied whenever > 0 (as PyTorch's
+                    function does; a layer passes 0 in eval mode)
     A query that sees no key at all gets zeros. `kernels` picks the kernel: "auto" (the fused kernel
     of the tensors' device where it pays), "fused" or "reference" (plain einsum + softmax).
     """
     if mask is not None:
         mask = as_array(mask, q.device)
-    return Attention.apply(q, k, v, mask, causal=causal, window=window, prefix=prefix, scale=scale,
-                           kernels=kernels)
+    if attn_mask is not None and attn_mask.dtype == bool:
+        attn_mask = get_array_module(q.data).where(as_array(attn_mask, q.device), q.dtype.type(0),
+                                                   q.dtype.type(-math.inf))
+    elif attn_mask is not None and not isinstance(attn_mask, Tensor):
+        attn_mask = as_array(attn_mask, q.device).astype(q.dtype, copy=False)
+    seed = random_seed() if dropout_p else 0
+    return Attention.apply(q, k, v, mask, attn_mask, causal=causal, window=window, prefix=prefix,
+                           scale=scale, dropout=dropout_p, seed=seed, kernels=kernels)

@@ -8,6 +8,7 @@ attention and normalisation arithmetic comes from kernels/, which picks the kern
 from ..autograd import Function
 from ..backend import device_of, get_array_module
 from ..kernels import attention_backward, attention_forward, normalize, normalize_grad
+from .elementwise import quiet
 from ..random import uniform_array
 from .einsum import contract
 
@@ -39,19 +40,22 @@ class Affine(Function):
 
 
 class Attention(Function):
-    """softmax(q k^T * scale + mask) v as one op; forward and backward come from a kernel
-    (kernels/), which also returns the per-row log-sum-exp that backward needs."""
+    """softmax(q k^T * scale + bias, masked) v as one op, with dropout on the probabilities;
+    forward and backward come from a kernel (kernels/), which also returns the per-row
+    log-sum-exp that backward needs. The bias (an additive attn_mask) gets a gradient too."""
 
     @staticmethod
-    def forward(ctx, q, k, v, key_mask=None, **options):
-        o, lse = attention_forward(q, k, v, key_mask=key_mask, **options)
-        ctx.saved, ctx.key_mask, ctx.options = (q, k, v, o, lse), key_mask, options
+    def forward(ctx, q, k, v, key_mask=None, bias=None, **options):
+        o, lse = attention_forward(q, k, v, key_mask=key_mask, bias=bias, **options)
+        ctx.saved, ctx.key_mask, ctx.bias, ctx.options = (q, k, v, o, lse), key_mask, bias, options
         return o
 
     @staticmethod
     def backward(ctx, grad):
-        dq, dk, dv = attention_backward(*ctx.saved, grad, key_mask=ctx.key_mask, **ctx.options)
-        return dq, dk, dv, None
+        grads = attention_backward(*ctx.saved, grad, key_mask=ctx.key_mask, bias=ctx.bias,
+                                   **ctx.options)
+        dbias = grads[3] if len(grads) > 3 and ctx.needs_grad[4] else None
+        return grads[0], grads[1], grads[2], None, dbias   # dbias (B, H, Nq, Nk): the engine sums
 
 
 def _shift(x, axis):
@@ -91,44 +95,77 @@ class LogSoftmax(Function):
 
 
 class CrossEntropy(Function):
-    """Mean over counted positions of -log softmax(logits)[target], in one stable op.
+    """Cross-entropy of logits (N, C) against a target distribution per row, in one stable op:
 
-    logits (..., C), targets (...) integers; positions whose target is `ignore_index` count
-    neither in the sum nor in the mean (padding, or the prompt part of an instruction example).
+        loss_n = -sum_c w_c u_nc log softmax(logits_n)_c,   u_n = (1 - eps) t_n + eps / C
+
+    t_n is the one-hot of a class index (targets (N,) integers; rows whose target is
+    `ignore_index` count nowhere: padding, or the prompt of an instruction example) or a row of
+    probabilities (targets (N, C) floats); w are class weights (1 by default), eps the label
+    smoothing. reduction="mean" divides the sum by the weight of the counted targets (class
+    indices) or by N (probabilities), as PyTorch does, so a batch whose every target is ignored
+    gives nan; "sum" and "none" (loss per row) as they say.
     """
 
     @staticmethod
-    def forward(ctx, logits, targets, ignore_index=-100):
+    def forward(ctx, logits, targets, weight=None, ignore_index=-100, reduction="mean",
+                label_smoothing=0.0):
         xp = get_array_module(logits)
-        if targets.shape != logits.shape[:-1]:
-            raise ValueError(f"cross_entropy: targets of shape {targets.shape} do not match logits "
-                             f"of shape {logits.shape} (expected targets {logits.shape[:-1]})")
-        n_class, logits_shape = logits.shape[-1], logits.shape
-        logits = logits.reshape(-1, n_class)
-        targets = targets.reshape(-1)
-        counted = targets != ignore_index
-        safe = xp.where(counted, targets, 0)
-        if targets.size and (safe.min() < 0 or safe.max() >= n_class):
-            raise ValueError(f"cross_entropy: targets must lie in [0, {n_class}) or equal "
-                             f"ignore_index={ignore_index}")
+        n_rows, n_class = logits.shape
+        weight = xp.ones(n_class, logits.dtype) if weight is None else weight
+        eps = label_smoothing
         z = _shift(logits, -1)
         e = xp.exp(z)
         s = e.sum(axis=-1, keepdims=True)
-        rows = xp.arange(len(safe))
-        n = max(int(counted.sum()), 1)
-        # -log p[target] = log(sum(exp(z))) - z[target]
-        loss = ((xp.log(s[:, 0]) - z[rows, safe]) * counted).sum() / n
-        ctx.probs, ctx.rows, ctx.safe, ctx.counted, ctx.n = e / s, rows, safe, counted, n
-        ctx.shape = logits_shape
-        return loss
+        logp = z - xp.log(s)                                    # (N, C)
+        if targets.dtype.kind == "f":                           # probabilities
+            u = weight * ((1 - eps) * targets + eps / n_class)  # (N, C)
+            loss = -(u * logp).sum(axis=-1)
+            total = n_rows
+        else:                                                   # class indices
+            counted = targets != ignore_index
+            safe = xp.where(counted, targets, 0)
+            if targets.size and (safe.min() < 0 or safe.max() >= n_class):
+                raise ValueError(f"cross_entropy: targets must lie in [0, {n_class}) or equal "
+                                 f"ignore_index={ignore_index}")
+            rows = xp.arange(n_rows)
+            w_target = weight[safe] * counted                   # (N,): 0 on ignored rows
+            # -sum_c w_c u_c logp_c with u = (1 - eps) onehot(target) + eps / C
+            loss = -((1 - eps) * w_target * logp[rows, safe]
+                     + (eps / n_class) * counted * (logp * weight).sum(axis=-1))
+            total = w_target.sum()
+            u = (rows, safe, w_target, counted)
+        ctx.probs, ctx.logp, ctx.u, ctx.weight, ctx.eps = e / s, logp, u, weight, eps
+        ctx.reduction, ctx.total = reduction, total
+        if reduction == "none":
+            return loss
+        with quiet(xp):  # mean of no counted target: 0 / 0 = nan, as PyTorch gives
+            return loss.sum() if reduction == "sum" else loss.sum() / total
 
     @staticmethod
     def backward(ctx, grad):
-        # dL/dlogits = (softmax(logits) - onehot(target)) / n on counted rows, 0 elsewhere
-        d = ctx.probs.copy()
-        d[ctx.rows, ctx.safe] -= 1
-        d *= (ctx.counted * (grad / ctx.n))[:, None]
-        return d.reshape(ctx.shape), None
+        # loss_n = -sum_c w_c u_nc logp_nc:  dloss_n/dlogits_n = softmax_n * sum_c(w u)_nc - (w u)_n
+        #                                    dloss_n/dt_nc = -(1 - eps) w_c logp_nc
+        xp, probs, weight, eps = get_array_module(grad), ctx.probs, ctx.weight, ctx.eps
+        if ctx.reduction == "none":
+            g = grad                                            # (N,)
+        elif ctx.reduction == "sum":
+            g = xp.broadcast_to(grad, probs.shape[:1])
+        else:  # no counted target: the loss is nan, its gradient 0 (as in PyTorch)
+            g = xp.broadcast_to(grad / ctx.total if float(ctx.total) else 0 * grad, probs.shape[:1])
+        dtargets = None
+        if isinstance(ctx.u, tuple):                            # class indices
+            rows, safe, w_target, counted = ctx.u
+            n_class = probs.shape[1]
+            d = probs * ((1 - eps) * w_target + (eps / n_class) * counted * weight.sum())[:, None]
+            if eps:
+                d -= (eps / n_class) * counted[:, None] * weight
+            d[rows, safe] -= (1 - eps) * w_target
+        else:                                                   # probabilities
+            d = probs * ctx.u.sum(axis=-1, keepdims=True) - ctx.u
+            if ctx.needs_grad[1]:
+                dtargets = -(1 - eps) * weight * ctx.logp * g[:, None]
+        return d * g[:, None], dtargets, None
 
 
 class Normalize(Function):
