@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 import minitx as mx
+from minitx.kernels.dropout_mask import keep_mask
 
 np_erf = np.vectorize(math.erf, otypes=[np.float64])
 SAME = "same"  # `fn` itself runs on PyTorch tensors
@@ -71,15 +72,60 @@ def np_log_softmax(x, axis=-1):
     return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
 
 
-def np_layer_norm(x, w, b, eps=1e-5):
-    return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps) * w + b
+def np_layer_norm(x, w, b, eps=1e-5, axes=(-1,)):
+    return (x - x.mean(axes, keepdims=True)) / np.sqrt(x.var(axes, keepdims=True) + eps) * w + b
 
 
-def np_cross_entropy(logits, targets, ignore_index=-100):
-    logp = np_log_softmax(logits)
-    keep = targets != ignore_index
-    picked = np.take_along_axis(logp, np.where(keep, targets, 0)[..., None], -1)[..., 0]
-    return -(picked * keep).sum() / max(keep.sum(), 1)
+def np_cross_entropy(logits, targets, ignore_index=-100, weight=None, smoothing=0.0, reduction="mean"):
+    """The textbook formula: loss_n = -sum_c w_c u_nc log softmax_nc, u_n = (1 - eps) t_n + eps / C
+    with t_n a one-hot class or a row of probabilities; the mean divides by the counted targets'
+    weight (class indices) or by the number of rows (probabilities)."""
+    n_class = logits.shape[-1]
+    w = np.ones(n_class) if weight is None else weight
+    if targets.dtype.kind == "f":
+        u, total = (1 - smoothing) * targets + smoothing / n_class, targets[..., 0].size
+    else:
+        counted = targets != ignore_index
+        onehot = np.eye(n_class)[np.where(counted, targets, 0)]
+        u = ((1 - smoothing) * onehot + smoothing / n_class) * counted[..., None]
+        total = (onehot @ w * counted).sum()
+    loss = -(w * u * np_log_softmax(logits)).sum(-1)
+    return {"none": loss, "sum": loss.sum(), "mean": loss.sum() / total}[reduction]
+
+
+def np_sdpa(q, k, v, bias=0.0, causal=False, bool_mask=None, dropout=0.0):
+    """softmax(q k^T / sqrt(D) + bias, masked) v, with minitx's dropout mask of seed DROPOUT_SEED."""
+    s = q @ k.swapaxes(-1, -2) / math.sqrt(q.shape[-1]) + bias
+    if causal:
+        s = np.where(np.tril(np.ones(s.shape[-2:], bool)), s, -np.inf)
+    if bool_mask is not None:
+        s = np.where(bool_mask, s, -np.inf)
+    with np.errstate(invalid="ignore"):
+        p = np.nan_to_num(np_softmax(s))   # a query that sees no key: zeros
+    if dropout:
+        p = p * keep_mask(p.shape, dropout, DROPOUT_SEED) / (1 - dropout)
+    return p @ v
+
+
+def torch_sdpa(torch, q, k, v, bias=None, causal=False, bool_mask=None, dropout=0.0):
+    """PyTorch's attention; with dropout (PyTorch draws its own mask) its arithmetic on minitx's."""
+    mask = bias if bool_mask is None else torch.where(torch.tensor(bool_mask), 0.0, -math.inf)
+    if causal and mask is not None:  # PyTorch takes is_causal or a mask, not both
+        mask = mask + torch.where(torch.ones(q.shape[-2], k.shape[-2]).tril() > 0, 0.0, -math.inf)
+    if dropout:
+        p = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + mask).softmax(-1)
+        return p * torch.tensor(keep_mask(tuple(p.shape), dropout, DROPOUT_SEED)) / (1 - dropout) @ v
+    return F(torch).scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                 is_causal=causal and mask is None)
+
+
+def sdpa_case(kernels, causal=False, bool_mask=None, dropout=0.0):
+    def sdpa(q, k, v, bias=None):
+        mx.manual_seed(DROPOUT_SEED_OF)  # the same dropout mask at every call, as gradcheck needs
+        return mx.nn.functional.scaled_dot_product_attention(
+            q, k, v, causal=causal, attn_mask=bias if bool_mask is None else mx.tensor(bool_mask),
+            dropout_p=dropout, kernels=kernels)
+    return sdpa
 
 
 def torch_prod(a, axes, keepdim=False):
@@ -90,6 +136,18 @@ def torch_prod(a, axes, keepdim=False):
 
 
 TARGETS = np.array([[1, 0, 3], [2, -100, 2]])
+WEIGHT = np.array([0.5, 2.0, 1.0, 1.5])     # class weights for cross-entropy
+DROPOUT_SEED_OF = 7                          # manual_seed(7), then the first draw seeds the mask
+DROPOUT_SEED = int(np.random.default_rng(DROPOUT_SEED_OF).integers(0, 2**63))
+BOOL_MASK = np.array([[True, False, True, True, False], [False, False, False, False, False],
+                      [True, True, True, True, True], [False, True, False, False, True]])
+# scaled_dot_product_attention: name, shapes of q, k, v (and the additive bias), options
+SDPA = [
+    ("bias_per_head", ((2, 2, 5, 4), (2, 2, 6, 4), (2, 2, 6, 4), (2, 5, 6)), dict()),
+    ("bias_per_key_causal", ((2, 2, 6, 4), (2, 2, 6, 4), (2, 2, 6, 4), (2, 1, 1, 6)), dict(causal=True)),
+    ("bool_mask_row_sees_nothing", ((1, 2, 4, 3), (1, 2, 5, 3), (1, 2, 5, 3)), dict(bool_mask=BOOL_MASK)),
+    ("dropout_bias", ((1, 2, 4, 3), (1, 2, 5, 3), (1, 2, 5, 3), (4, 5)), dict(dropout=0.3)),
+]
 ROWS = np.array([[0, 2], [2, 2]])          # repeated rows: their gradients must add up
 MASK = np.array([[True, False, True, False], [False, False, True, True], [True, True, False, False]])
 GATHER = np.array([[2, 0], [1, 1], [0, 2]])   # (3, 2) picks from (3, 4) along axis 1, repeats
@@ -372,6 +430,43 @@ CASES = [
          lambda rng: [1.0 + 1e-3 * rng.standard_normal((3, 4))], lambda t, a: F(t).layer_norm(a, (4,))),
     Case("rms_norm", mx.rms_norm, lambda a, w: a / np.sqrt((a * a).mean(-1, keepdims=True) + 1e-6) * w,
          normal((3, 5), (5,)), lambda t, a, w: F(t).rms_norm(a, (5,), w, eps=1e-6)),
+    Case("cross_entropy_sum_smoothing_weight",
+         lambda a: mx.cross_entropy(a, TARGETS, weight=WEIGHT, label_smoothing=0.2, reduction="sum"),
+         lambda a: np_cross_entropy(a, TARGETS, weight=WEIGHT, smoothing=0.2, reduction="sum"),
+         normal((2, 3, 4), scale=3),
+         lambda t, a: F(t).cross_entropy(a.reshape(-1, 4), t.tensor(TARGETS).reshape(-1), weight=t.tensor(WEIGHT),
+                                         label_smoothing=0.2, reduction="sum")),
+    Case("cross_entropy_mean_weight", lambda a: mx.cross_entropy(a, TARGETS, weight=WEIGHT),
+         lambda a: np_cross_entropy(a, TARGETS, weight=WEIGHT), normal((2, 3, 4)),
+         lambda t, a: F(t).cross_entropy(a.reshape(-1, 4), t.tensor(TARGETS).reshape(-1), weight=t.tensor(WEIGHT))),
+    Case("cross_entropy_none_classes_axis1",
+         lambda a: mx.cross_entropy(a, TARGETS, axis=1, reduction="none", label_smoothing=0.1),
+         lambda a: np_cross_entropy(np.moveaxis(a, 1, -1), TARGETS, smoothing=0.1, reduction="none"),
+         normal((2, 4, 3)),
+         lambda t, a: F(t).cross_entropy(a, t.tensor(TARGETS), reduction="none", label_smoothing=0.1)),
+    Case("cross_entropy_probabilities", lambda a, p: mx.cross_entropy(a, p, weight=WEIGHT, label_smoothing=0.1),
+         lambda a, p: np_cross_entropy(a, p, weight=WEIGHT, smoothing=0.1),
+         lambda rng: [rng.standard_normal((3, 4)), rng.dirichlet(np.ones(4), 3)],
+         lambda t, a, p: F(t).cross_entropy(a, p, weight=t.tensor(WEIGHT), label_smoothing=0.1)),
+    Case("cross_entropy_probabilities_axis1", lambda a, p: mx.cross_entropy(a, p, axis=1),
+         lambda a, p: np_cross_entropy(np.moveaxis(a, 1, -1), np.moveaxis(p, 1, -1)),
+         lambda rng: [rng.standard_normal((2, 4, 3)), rng.dirichlet(np.ones(4), (2, 3)).transpose(0, 2, 1)],
+         lambda t, a, p: F(t).cross_entropy(a, p)),
+    Case("cross_entropy_all_ignored", lambda a: mx.cross_entropy(a, np.array([-100, -100])),
+         lambda a: np.array(np.nan), normal((2, 3)),
+         lambda t, a: F(t).cross_entropy(a, t.tensor([-100, -100])), gradcheck=False),
+    Case("layer_norm_two_axes", mx.layer_norm, lambda x, w, b: np_layer_norm(x, w, b, axes=(-2, -1)),
+         normal((2, 3, 4, 5), (4, 5), (4, 5)), lambda t, a, w, b: F(t).layer_norm(a, (4, 5), w, b)),
+    Case("layer_norm_three_axes_no_weight", lambda a: mx.layer_norm(a, normalized_shape=(2, 3, 4)),
+         lambda x: np_layer_norm(x, 1.0, 0.0, axes=(-3, -2, -1)), normal((2, 3, 4)),
+         lambda t, a: F(t).layer_norm(a, (2, 3, 4))),
+    Case("rms_norm_two_axes", mx.rms_norm,
+         lambda a, w: a / np.sqrt((a * a).mean(axis=(-2, -1), keepdims=True) + 1e-6) * w,
+         normal((3, 2, 5), (2, 5)), lambda t, a, w: F(t).rms_norm(a, (2, 5), w, eps=1e-6)),
+] + [
+    Case(f"sdpa_{name}_{kernels}", sdpa_case(kernels, **options), lambda *xs, o=options: np_sdpa(*xs, **o),
+         normal(*shapes), lambda t, *xs, o=options: torch_sdpa(t, *xs, **o))
+    for name, shapes, options in SDPA for kernels in ("reference", "fused")
 ]
 
 # argmax / argmin have no gradient, so no row above: (shape, axis, keepdims)

@@ -131,8 +131,8 @@ class CrossEntropy(Function):
             rows = xp.arange(n_rows)
             w_target = weight[safe] * counted                   # (N,): 0 on ignored rows
             # -sum_c w_c u_c logp_c with u = (1 - eps) onehot(target) + eps / C
-            loss = -((1 - eps) * w_target * logp[rows, safe]
-                     + (eps / n_class) * counted * (logp * weight).sum(axis=-1))
+            loss = -(w_target * logp[rows, safe] * (1 - eps)
+                     + (logp * weight).sum(axis=-1) * counted * (eps / n_class))
             total = w_target.sum()
             u = (rows, safe, w_target, counted)
         ctx.probs, ctx.logp, ctx.u, ctx.weight, ctx.eps = e / s, logp, u, weight, eps
@@ -157,10 +157,10 @@ class CrossEntropy(Function):
         if isinstance(ctx.u, tuple):                            # class indices
             rows, safe, w_target, counted = ctx.u
             n_class = probs.shape[1]
-            d = probs * ((1 - eps) * w_target + (eps / n_class) * counted * weight.sum())[:, None]
+            d = probs * (w_target * (1 - eps) + weight.sum() * counted * (eps / n_class))[:, None]
             if eps:
-                d -= (eps / n_class) * counted[:, None] * weight
-            d[rows, safe] -= (1 - eps) * w_target
+                d -= weight * counted[:, None] * (eps / n_class)
+            d[rows, safe] -= w_target * (1 - eps)
         else:                                                   # probabilities
             d = probs * ctx.u.sum(axis=-1, keepdims=True) - ctx.u
             if ctx.needs_grad[1]:
