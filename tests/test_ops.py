@@ -204,3 +204,26 @@ def test_argmax_and_argmin_match_numpy(shape, axis, keepdims):
 def test_einsum_diagonal_needs_equal_sizes():
     with pytest.raises(ValueError, match="a diagonal needs equal sizes"):
         mx.einsum("ii->i", mx.zeros(1, 3))  # 1 would broadcast elsewhere, not here
+
+
+def test_cross_entropy_option_errors():
+    with pytest.raises(ValueError, match="reduction"):
+        mx.cross_entropy(mx.zeros(2, 3), [0, 1], reduction="avg")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        mx.cross_entropy(mx.zeros(2, 3), [0, 1], label_smoothing=1.5)
+    with pytest.raises(ValueError, match=r"probabilities of shape \(2, 3\)"):
+        mx.cross_entropy(mx.zeros(2, 3), np.ones((2, 4)) / 4)
+
+
+def test_layer_norm_needs_a_trailing_shape():
+    with pytest.raises(ValueError, match=r"not the trailing shape of \(2, 3, 4\)"):
+        mx.layer_norm(mx.zeros(2, 3, 4), normalized_shape=(2, 3))
+
+
+def test_attention_dropout_draws_its_mask_only_when_asked():
+    q = mx.randn(1, 2, 5, 4, dtype="float64")
+    state = mx.get_rng_state()
+    plain = mx.nn.functional.scaled_dot_product_attention(q, q, q, dropout_p=0.0)
+    assert mx.get_rng_state() == state                       # no draw without dropout
+    dropped = mx.nn.functional.scaled_dot_product_attention(q, q, q, dropout_p=0.5)
+    assert mx.get_rng_state() != state and not np.allclose(dropped.numpy(), plain.numpy())

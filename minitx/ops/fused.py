@@ -117,11 +117,14 @@ class CrossEntropy(Function):
         z = _shift(logits, -1)
         e = xp.exp(z)
         s = e.sum(axis=-1, keepdims=True)
-        logp = z - xp.log(s)                                    # (N, C)
+        log_s = xp.log(s)                                       # log softmax = z - log_s
+        ctx.probs, ctx.weight, ctx.eps, ctx.reduction = e / s, weight, eps, reduction
+        ctx.picked = ctx.u = ctx.logp = None
         if targets.dtype.kind == "f":                           # probabilities
-            u = weight * ((1 - eps) * targets + eps / n_class)  # (N, C)
-            loss = -(u * logp).sum(axis=-1)
-            total = n_rows
+            ctx.u = weight * ((1 - eps) * targets + eps / n_class)  # (N, C): w u
+            ctx.logp = z - log_s                                # (N, C), for the targets' gradient
+            loss = -(ctx.u * ctx.logp).sum(axis=-1)
+            ctx.total = n_rows
         else:                                                   # class indices
             counted = targets != ignore_index
             safe = xp.where(counted, targets, 0)
@@ -130,17 +133,16 @@ class CrossEntropy(Function):
                                  f"ignore_index={ignore_index}")
             rows = xp.arange(n_rows)
             w_target = weight[safe] * counted                   # (N,): 0 on ignored rows
-            # -sum_c w_c u_c logp_c with u = (1 - eps) onehot(target) + eps / C
-            loss = -(w_target * logp[rows, safe] * (1 - eps)
-                     + (logp * weight).sum(axis=-1) * counted * (eps / n_class))
-            total = w_target.sum()
-            u = (rows, safe, w_target, counted)
-        ctx.probs, ctx.logp, ctx.u, ctx.weight, ctx.eps = e / s, logp, u, weight, eps
-        ctx.reduction, ctx.total = reduction, total
+            # -sum_c w_c u_c logp_c with u = (1 - eps) onehot(target) + eps / C, without the
+            # (N, C) array u (arrays in float order: a bool array times a Python float is float64)
+            loss = -(w_target * (z[rows, safe] - log_s[:, 0]) * (1 - eps))
+            if eps:
+                loss -= ((z - log_s) * weight).sum(axis=-1) * counted * (eps / n_class)
+            ctx.picked, ctx.total = (rows, safe, w_target, counted), w_target.sum()
         if reduction == "none":
             return loss
         with quiet(xp):  # mean of no counted target: 0 / 0 = nan, as PyTorch gives
-            return loss.sum() if reduction == "sum" else loss.sum() / total
+            return loss.sum() if reduction == "sum" else loss.sum() / ctx.total
 
     @staticmethod
     def backward(ctx, grad):
@@ -154,8 +156,8 @@ class CrossEntropy(Function):
         else:  # no counted target: the loss is nan, its gradient 0 (as in PyTorch)
             g = xp.broadcast_to(grad / ctx.total if float(ctx.total) else 0 * grad, probs.shape[:1])
         dtargets = None
-        if isinstance(ctx.u, tuple):                            # class indices
-            rows, safe, w_target, counted = ctx.u
+        if ctx.picked is not None:                              # class indices
+            rows, safe, w_target, counted = ctx.picked
             n_class = probs.shape[1]
             d = probs * (w_target * (1 - eps) + weight.sum() * counted * (eps / n_class))[:, None]
             if eps:
