@@ -227,3 +227,12 @@ def test_attention_dropout_draws_its_mask_only_when_asked():
     assert mx.get_rng_state() == state                       # no draw without dropout
     dropped = mx.nn.functional.scaled_dot_product_attention(q, q, q, dropout_p=0.5)
     assert mx.get_rng_state() != state and not np.allclose(dropped.numpy(), plain.numpy())
+
+
+def test_norm_layers_over_several_trailing_axes():
+    x = mx.randn(2, 3, 4, dtype="float64")
+    layer = mx.nn.LayerNorm((3, 4))
+    layer.to(dtype="float64")
+    expected = mx.layer_norm(x, normalized_shape=(3, 4)).numpy()
+    np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-12, atol=1e-12)
+    assert mx.nn.RMSNorm((3, 4)).weight.shape == (3, 4)
