@@ -18,6 +18,7 @@ OPENBLAS_NUM_THREADS for numpy's BLAS); those that are set are recorded with the
 """
 import argparse
 import datetime
+import json
 import os
 import platform
 import sys
@@ -279,6 +280,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small sizes only")
     parser.add_argument("--dtype", choices=list(backend.DTYPES), default="float32")
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument("--json", help="also write the rows to this file (for gpu_acceptance.sh)")
     args = parser.parse_args()
     minitx.use_fast_cpu_settings()   # as the command line does
 
@@ -293,6 +295,9 @@ def main():
                      check_tolerance=1e-4 if dtype == np.float32 else 1e-10)
     lines = summary(rows, target_N=1024 if args.device == "cpu" else Ns[-1])
     print("\n".join(lines))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
 
     threads = [f"{name}={os.environ[name]}" for name in THREAD_VARIABLES if name in os.environ]
     command = " ".join(threads + ["python benchmarks/bench_attention.py"] + sys.argv[1:])

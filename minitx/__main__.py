@@ -1,4 +1,4 @@
-"""The command line: `python -m minitx train | sample | experiment`.
+"""The command line: `python -m minitx train | sample | chat | embed | experiment`.
 
 A thin shell: argparse built from the TrainConfig and TransformerConfig dataclasses, errors turned into one line and a
 non-zero exit, everything else in minitx.train / minitx.generate / minitx.experiments.
@@ -70,15 +70,74 @@ def cmd_sample(args):
         raise ValueError(f"prompt: {error}") from None
     rng = numpy.random.default_rng(args.seed)
     print(args.prompt, end="", flush=True)
+    stream(tokenizer, generate(model, prompt, args.tokens, rng, args.temperature, args.top_k,
+                               use_cache=not args.no_cache))
+
+
+def stream(tokenizer, tokens, stop=None):
+    """Print the text of `tokens` as they come, up to the token `stop`; returns the ids printed."""
     ids, shown = [], ""
-    for token in generate(model, prompt, args.tokens, rng, args.temperature, args.top_k,
-                          use_cache=not args.no_cache):
+    for token in tokens:
+        if token == stop:
+            break
         ids.append(token)
         text = tokenizer.decode(ids)
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
             print(text[len(shown):], end="", flush=True)
             shown = text
     print()
+    return ids
+
+
+def cmd_chat(args):
+    """A conversation with a published chat model: each turn, the whole conversation laid out by
+    the model's chat template is the prompt, and the reply streams until its end-of-turn token."""
+    from .generate import generate
+    from .nn import DecoderOnly
+    from .pretrained import from_pretrained
+    model, tokenizer = from_pretrained(args.pretrained, args.device, args.dtype)
+    if not isinstance(model, DecoderOnly):
+        raise ValueError(f"{args.pretrained} is not a decoder: chat needs a generative model")
+    rng = numpy.random.default_rng(args.seed)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    while True:
+        text = args.prompt if args.prompt is not None else _read_turn()
+        if text is None:
+            return
+        messages.append({"role": "user", "content": text})
+        prompt = tokenizer.encode(tokenizer.chat(messages))
+        reply = stream(tokenizer, generate(model, prompt, args.tokens, rng, args.temperature,
+                                           args.top_k), stop=tokenizer.eos)
+        messages.append({"role": "assistant", "content": tokenizer.decode(reply)})
+        if args.prompt is not None:
+            return
+
+
+def _read_turn():
+    """The user's next message, or None at end of input (Ctrl-D)."""
+    try:
+        return input("> ")
+    except EOFError:
+        print()
+        return None
+
+
+def cmd_embed(args):
+    """Sentence embeddings of a published encoder, shown as their cosine-similarity matrix."""
+    from .autograd import no_grad
+    from .nn import EncoderOnly
+    from .pretrained import from_pretrained
+    model, tokenizer = from_pretrained(args.pretrained, args.device, args.dtype)
+    if not isinstance(model, EncoderOnly):
+        raise ValueError(f"{args.pretrained} is not an encoder: embed needs a sentence-embedding model")
+    ids, mask = tokenizer.encode_batch(args.sentences)
+    with no_grad():
+        e = model.sentence_embedding(ids, mask=mask).numpy()   # (S, d_model), rows of length 1
+    similarity = e @ e.T                                        # (S, S) cosines
+    print("cosine similarity")
+    print("   " + "".join(f"{j + 1:>7}" for j in range(len(e))))
+    for i, (row, sentence) in enumerate(zip(similarity, args.sentences)):
+        print(f"{i + 1:>3}" + "".join(f"{s:7.3f}" for s in row) + f"  {sentence}")
 
 
 def cmd_experiment(args):
@@ -108,6 +167,25 @@ def build_parser():
     p.add_argument("--device", default="cpu", choices=backend.DEVICES)
     p.set_defaults(handler=cmd_sample)
 
+    p = sub.add_parser("chat", help="talk to a published chat model (e.g. smollm2-135m)")
+    p.add_argument("--pretrained", required=True, help="a short name (smollm2-135m) or a path")
+    p.add_argument("--prompt", default=None, help="one message, answered once (no interactive loop)")
+    p.add_argument("--system", default=None, help="a system message (default: the template's)")
+    p.add_argument("--tokens", type=int, default=256, help="the longest reply")
+    p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=backend.DEVICES)
+    p.add_argument("--dtype", default="float32", choices=sorted(backend.DTYPES))
+    p.set_defaults(handler=cmd_chat)
+
+    p = sub.add_parser("embed", help="cosine similarities of sentence embeddings (e.g. all-minilm-l6-v2)")
+    p.add_argument("--pretrained", required=True, help="a short name (all-minilm-l6-v2) or a path")
+    p.add_argument("sentences", nargs="+")
+    p.add_argument("--device", default="cpu", choices=backend.DEVICES)
+    p.add_argument("--dtype", default="float32", choices=sorted(backend.DTYPES))
+    p.set_defaults(handler=cmd_embed)
+
     p = sub.add_parser("experiment", help="run one of the experiments (arch, chat-cache, scaling)")
     p.add_argument("name")
     p.add_argument("--out-dir", default=None)
@@ -122,8 +200,8 @@ def main(argv=None):
     use_fast_cpu_settings()
     try:
         args.handler(args)  # each command's function, set by its subparser
-    except (ValueError, RuntimeError, FileNotFoundError, FileExistsError, checkpoint.CheckpointError,
-            FloatingPointError) as error:
+    except (ValueError, RuntimeError, FileNotFoundError, FileExistsError, ModuleNotFoundError,
+            checkpoint.CheckpointError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -12,6 +12,8 @@ order, hands each node the gradient of its output, and sums what comes back per 
 Broadcasting is undone here, once, for every op: a gradient that arrives in a broadcast shape
 is summed back to its input's shape by `unbroadcast`.
 """
+import numpy
+
 from . import backend
 
 _grad_enabled = True
@@ -74,7 +76,7 @@ class Function:
         needs_grad = tuple(isinstance(x, Tensor) and x.requires_grad for x in inputs)
         record = _grad_enabled and any(needs_grad)
         if backend.cupy is not None:
-            _check_one_device(cls, inputs)
+            inputs = _on_one_device(cls, inputs)
         ctx = Node(cls, inputs, needs_grad)
         arrays = [x.data if isinstance(x, Tensor) else x for x in inputs]
         try:
@@ -85,11 +87,33 @@ class Function:
         return Tensor._make(out, record, ctx if record else None)
 
 
-def _check_one_device(fn, inputs):
+def _on_one_device(fn, inputs):
+    """`inputs` with every array on the tensors' device, or a RuntimeError naming the op.
+
+    Tensors must already share a device (as in PyTorch). A raw boolean or integer NumPy array
+    (a mask, token ids, targets) meeting CUDA tensors is copied to the GPU, since passing those
+    from the host is a common habit; any other raw array on the wrong side gets this error
+    rather than the array library's bare TypeError.
+    """
     devices = {x.device for x in inputs if isinstance(x, Tensor)}
     if len(devices) > 1:
         raise RuntimeError(f"{fn.__name__.lower()}: inputs are on different devices {sorted(devices)}; "
                            "move them to one device with .to(device) first")
+    if not devices:
+        return inputs
+    device = devices.pop()
+    moved = []
+    for x in inputs:
+        if (isinstance(x, Tensor) or not hasattr(x, "shape") or isinstance(x, numpy.generic)
+                or backend.device_of(x) == device):
+            moved.append(x)
+        elif device == "cuda" and x.dtype.kind in "biu":
+            moved.append(backend.move_array(x, device))
+        else:
+            raise RuntimeError(f"{fn.__name__.lower()}: a {backend.device_of(x)} array of {x.dtype} "
+                               f"meets tensors on {device!r}; make it a tensor on that device "
+                               f"(minitx.tensor(array, device={device!r}))")
+    return tuple(moved)
 
 
 def unbroadcast(grad, shape):

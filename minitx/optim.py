@@ -5,7 +5,10 @@ rule needs (momentum, Adam's moment estimates). `step()` updates `p.data` in pla
 """
 import math
 
+import numpy
+
 from .backend import get_array_module
+from .tensor import Tensor
 
 
 class Optimizer:
@@ -109,16 +112,19 @@ class AdamW(Optimizer):
 
 def clip_grad_norm(params, max_norm):
     """Scale all gradients together so their global L2 norm is at most max_norm; returns the norm
-    before clipping (worth logging: spikes show instabilities)."""
+    before clipping (worth logging: spikes show instabilities) as a 0-d Tensor on the gradients'
+    device, as PyTorch does. Everything stays on that device: `.item()` on the result is the one
+    wait for the GPU, and the caller chooses when to pay it."""
     grads = [p.grad.data for p in params if p.grad is not None]
     if not grads:
-        return 0.0
-    total = math.sqrt(sum(float((g * g).sum()) for g in grads))
-    if total > max_norm:
-        scale = max_norm / (total + 1e-6)
+        return Tensor(0.0)
+    xp = get_array_module(grads[0])
+    total = xp.sqrt(sum((g * g).sum() for g in grads))        # 0-d, on the device
+    scale = xp.minimum(max_norm / (total + 1e-6), 1)          # 1 when the norm is within bounds
+    if xp is not numpy or scale < 1:     # testing scale on the GPU would cost a sync; here it is free
         for g in grads:
             g *= scale
-    return total
+    return Tensor(total, dtype=total.dtype)
 
 
 def cosine_schedule(step, *, lr, min_lr, warmup, total):

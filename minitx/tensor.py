@@ -219,8 +219,10 @@ def _shape_args(args):
 
 
 def _compare(ufunc, a, b):
+    """ufunc (a NumPy comparison) by the array module of a's data, so CUDA data stays there."""
     b = b.data if isinstance(b, Tensor) else b
-    return Tensor._make(ufunc(a.data, b), False, None)
+    xp = backend.get_array_module(a.data, b)
+    return Tensor._make(getattr(xp, ufunc.__name__)(a.data, b), False, None)
 
 
 def _to_any_dtype(dtype):
@@ -232,13 +234,15 @@ def _to_any_dtype(dtype):
 
 
 # --- factories --------------------------------------------------------------------------------
-def as_array(x, device):
+def as_array(x, device=None):
     """The array behind `x` (a Tensor, an array, a list) on `device`, copied only when it lives
-    elsewhere: how ops and models take ids, targets, indices and masks, which get no gradient."""
+    elsewhere: how ops and models take ids, targets, indices and masks, which get no gradient.
+    device=None leaves it where it lives (a list: on the host), so host ids and targets can be
+    checked there, for free, before an op moves them to the GPU."""
     data = x.data if isinstance(x, Tensor) else x
     if hasattr(data, "shape"):
-        return backend.move_array(data, device)
-    return backend.array_module(device).asarray(data)
+        return data if device is None else backend.move_array(data, device)
+    return backend.array_module(device or "cpu").asarray(data)
 
 
 def tensor(data, requires_grad=False, dtype=None, device=None):

@@ -237,7 +237,8 @@ def train(cfg, resume=False, progress=True, say=print):
             loss.backward()
             grad_norm = clip_grad_norm(model.parameters(), cfg.grad_clip) if cfg.grad_clip else None
             opt.step()
-            loss = loss.item()  # waits for the GPU, so the step time below is real
+            # the step's one wait for the GPU (so the step time below is real)
+            loss, grad_norm = _host_floats(loss, grad_norm)
             dt = time.perf_counter() - t0
             step += 1
             step_times.append(dt)
@@ -271,6 +272,15 @@ def train(cfg, resume=False, progress=True, say=print):
         summary["sample"] = text
     (run.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _host_floats(*scalars):
+    """Python floats (None stays None) of 0-d tensors, copied to the host in one transfer: each
+    `.item()` of a CUDA tensor would be a wait for the GPU of its own."""
+    arrays = [s.data for s in scalars if s is not None]
+    xp = backend.get_array_module(*arrays)
+    values = iter(backend.move_array(xp.stack([a.astype(xp.float64) for a in arrays]), "cpu").tolist())
+    return tuple(None if s is None else next(values) for s in scalars)
 
 
 def _evaluate(run, cfg, model, train_tokens, val_tokens, step, say, full=False):

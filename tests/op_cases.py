@@ -241,9 +241,9 @@ CASES = [
          away_from_zero((3, 4)), lambda t, a: t.clamp(a, min=0.1)),
     Case("clip_tensor_bounds", lambda a, lo, hi: a.clip(lo, hi), np.clip,
          fixed([-2.0, 0.0, 0.5, 3.0], [-1.0, -1.0, 0.6, 1.0], [1.0, 1.0, 2.0, 2.0])),
-    Case("where", lambda a, b: mx.where(mx.tensor(MASK), a, b), lambda a, b: np.where(MASK, a, b),
+    Case("where", lambda a, b: mx.where(mx.tensor(MASK, device=a.device), a, b), lambda a, b: np.where(MASK, a, b),
          normal((3, 4), (4,)), lambda t, a, b: t.where(t.tensor(MASK), a, b)),
-    Case("masked_fill", lambda a: a.masked_fill(mx.tensor(MASK), -3.0), lambda a: np.where(MASK, -3.0, a),
+    Case("masked_fill", lambda a: a.masked_fill(mx.tensor(MASK, device=a.device), -3.0), lambda a: np.where(MASK, -3.0, a),
          normal((3, 4)), lambda t, a: a.masked_fill(t.tensor(MASK), -3.0)),
 
     # --- reductions ----------------------------------------------------------------------------
@@ -345,7 +345,7 @@ CASES = [
     Case("getitem_slice", lambda a: a[1:, ::2], lambda a: a[1:, ::2], normal((3, 5))),
     Case("getitem_int_none", lambda a: a[1, None, :, -1], lambda a: a[1, None, :, -1], normal((2, 3, 4))),
     Case("getitem_repeated", lambda a: a[D], lambda a: a[D], normal((3, 4)), lambda t, a: a[t.tensor(D)]),
-    Case("getitem_bool", lambda a: a[mx.tensor(MASK)], lambda a: a[MASK], normal((3, 4)),
+    Case("getitem_bool", lambda a: a[mx.tensor(MASK, device=a.device)], lambda a: a[MASK], normal((3, 4)),
          lambda t, a: a[t.tensor(MASK)]),
     Case("getitem_int_and_array_apart", lambda a: a[1, :, 3:11:2, D, 0:2],
          lambda a: np.moveaxis(a[1, :, 3:11:2, D, 0:2], 0, 2), normal((2, 3, 12, 5, 4)),

@@ -49,8 +49,11 @@ def test_cpu_and_gpu_agree(case):
         out = case.fn(*inputs)
         out.backward(mx.ones(*out.shape, dtype="float64", device=device))
         results.append([out.numpy()] + [x.grad.numpy() for x in inputs])
+    # Two float64 roundings of one computation; atol 1e-10, not 1e-12, because a gradient that
+    # is analytically zero (layer norm of nearly constant rows) comes out as rounding noise
+    # amplified by 1/std ~ 1e3 on either device.
     for cpu, gpu in zip(*results):
-        np.testing.assert_allclose(gpu, cpu, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(gpu, cpu, rtol=1e-10, atol=1e-10)
 
 
 # --- behaviours that a table row cannot express --------------------------------------------------

@@ -178,8 +178,8 @@ def _adamw_check(device):
         twin_norm = torch.nn.utils.clip_grad_norm_(twin.parameters(), max_norm)
         twin_opt.step()
         np.testing.assert_allclose(loss.item(), twin_loss.item(), rtol=RTOL)
-        np.testing.assert_allclose(norm, twin_norm.item(), rtol=RTOL)
-        norms.append(norm)
+        np.testing.assert_allclose(norm.item(), twin_norm.item(), rtol=RTOL)
+        norms.append(norm.item())
     assert max(norms) > max_norm  # clipping did take effect
     twin_params = dict(twin.named_parameters())
     for name, p in model.named_parameters():

@@ -1,5 +1,6 @@
 """The training loop and the CLI: learning, checkpoints, exact resume after Ctrl-C, clear errors."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -8,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from minitx import nn
+from conftest import STANDIN
+from minitx import backend, nn
 from minitx.__main__ import build_parser, config_from_args, main
+from minitx.train import preset, train
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--d-model", "16", "--block-size", "16", "--batch-size", "4",
         "--eval-iters", "2", "--sample-tokens", "0", "--quiet"]
@@ -154,8 +157,8 @@ def test_every_model_field_is_a_flag():
 def test_model_is_drawn_on_its_device(monkeypatch):
     """build_model draws the weights on cfg.device, whatever the default device is: the default
     device's generator is never asked (here the default is 'cuda', which would fail on CPU)."""
-    from minitx import backend, random
-    from minitx.train import build_model, preset
+    from minitx import random
+    from minitx.train import build_model
     asked = []
     real = random.generator
     monkeypatch.setattr(random, "generator", lambda device="cpu": asked.append(device) or real(device))
@@ -163,3 +166,61 @@ def test_model_is_drawn_on_its_device(monkeypatch):
     model = build_model(preset("shakespeare-cpu", model=dict(n_layer=1), device="cpu"), 11)
     assert {p.device for p in model.parameters()} == {"cpu"}
     assert set(asked) == {"cpu"} and backend._default_device == "cuda"
+
+
+# ---------------------------------------------------------------------------------------------
+# on the GPU (or the CuPy stand-in: MINITX_FAKE_CUPY=1)
+
+def _gpu_config(tmp_path, corpus, **overrides):
+    return preset("shakespeare-cpu", **{
+        **dict(data=str(corpus), model=dict(n_layer=2, n_head=2, d_model=16, block_size=16,
+                                            dropout=0.1),
+               batch_size=2, eval_iters=1, full_eval=False, sample_tokens=0, device="cuda",
+               out_dir=str(tmp_path)), **overrides})
+
+
+@pytest.mark.gpu
+def test_cli_trains_on_cuda(corpus, tmp_path):
+    """A few steps of `python -m minitx train --device cuda`, run as a user would."""
+    env = dict(os.environ)
+    if getattr(backend.cupy, "STANDIN", False):     # the subprocess imports the same cupy
+        env["PYTHONPATH"] = os.pathsep.join([STANDIN, env.get("PYTHONPATH", "")])
+    done = run_cli("train", "--device", "cuda", "--data", str(corpus), "--max-iters", "3",
+                   "--dropout", "0.1", "--out-dir", str(tmp_path / "run"), *TINY, env=env)
+    out, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err
+    assert sorted(losses(tmp_path / "run")) == [1, 2, 3]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not getattr(backend.cupy, "STANDIN", False),
+                    reason="counts transfers through the CuPy stand-in (MINITX_FAKE_CUPY=1)")
+def test_training_step_sync_budget(corpus, tmp_path):
+    """At most 2 device-to-host transfers per training step (the loss and the gradient norm).
+    Counted as the difference between a 6-step and a 3-step run, so that the evaluation and
+    checkpoint both runs make cancel out."""
+    def transfers(steps):
+        before = backend.cupy.transfers
+        train(_gpu_config(tmp_path / str(steps), corpus, max_iters=steps, eval_interval=100),
+              progress=False, say=lambda *args: None)
+        return backend.cupy.transfers - before
+    per_step = (transfers(6) - transfers(3)) / 3
+    print(f"device-to-host transfers per training step: {per_step}")
+    assert per_step <= 2
+
+
+@pytest.mark.gpu
+def test_resume_continues_the_cuda_random_stream(corpus, tmp_path):
+    """With dropout on the GPU, 2 steps + resume to 4 give the losses of 4 steps in one go: the
+    checkpoint carries the CUDA generator's seed, so the resumed run does not replay the dropout
+    masks of step 0."""
+    say = lambda *args: None  # noqa: E731
+    train(_gpu_config(tmp_path / "full", corpus, max_iters=4, eval_interval=2), progress=False,
+          say=say)
+    train(_gpu_config(tmp_path / "cut", corpus, max_iters=2, eval_interval=2), progress=False,
+          say=say)
+    train(_gpu_config(tmp_path / "cut", corpus, max_iters=4, eval_interval=2), resume=True,
+          progress=False, say=say)
+    full, cut = losses(tmp_path / "full"), losses(tmp_path / "cut")
+    assert sorted(full) == sorted(cut) == [1, 2, 3, 4]
+    assert [full[s] for s in (3, 4)] == [cut[s] for s in (3, 4)]

@@ -36,6 +36,8 @@ FUSED = {"attention": {"cpu": numba_attention, "cuda": cupy_attention},
 # both attention kernels run their products on BLAS, and at short sequences the fused kernel's
 # per-block set-up costs more than the N x N memory traffic it saves (measured in
 # benchmarks/RESULTS.md, "CPU attention: where the fused kernel starts to pay").
+# No CUDA threshold yet: it has not been measured (no GPU so far); the attention run of
+# benchmarks/gpu_acceptance.sh is where to set one.
 FUSED_MIN_SIZE = {("attention", "cpu"): 128}
 _warned = set()
 
@@ -81,28 +83,32 @@ WITHOUT_BIAS_OR_DROPOUT = (cupy_attention,)
 
 
 def _attention(q, n_keys, kernels, options):
-    """The attention kernel `choose` picks, or the reference where that kernel lacks an option."""
+    """The attention kernel `choose` picks and the options it takes: the reference where that
+    kernel lacks an option the call uses; the options without bias and dropout where it has
+    none to take."""
     module = choose("attention", q, n_keys, kernels)
-    if module in WITHOUT_BIAS_OR_DROPOUT and (options.get("bias") is not None
-                                              or options.get("dropout")):
+    if module not in WITHOUT_BIAS_OR_DROPOUT:
+        return module, options
+    if options.get("bias") is not None or options.get("dropout"):
         if (module, "bias") not in _warned:
             _warned.add((module, "bias"))
             warnings.warn(f"{module.__name__} has no attention bias (attn_mask) or attention "
                           "dropout yet; such calls run the reference kernel (N x N memory)",
                           stacklevel=4)
-        return reference
-    return module
+        return reference, options
+    return module, {k: v for k, v in options.items() if k not in ("bias", "dropout", "seed")}
 
 
 def attention_forward(q, k, v, *, kernels="auto", **options):
     """(o (B, H, Nq, D), lse (B, H, Nq)) from the kernel `choose` picks."""
-    return _attention(q, k.shape[2], kernels, options).attention_forward(q, k, v, **options)
+    module, options = _attention(q, k.shape[2], kernels, options)
+    return module.attention_forward(q, k, v, **options)
 
 
 def attention_backward(q, k, v, o, lse, do, *, kernels="auto", **options):
     """(dq, dk, dv), and dbias with a bias, from the kernel `choose` picks."""
-    return _attention(q, k.shape[2], kernels, options).attention_backward(q, k, v, o, lse, do,
-                                                                          **options)
+    module, options = _attention(q, k.shape[2], kernels, options)
+    return module.attention_backward(q, k, v, o, lse, do, **options)
 
 
 def gelu_tanh_forward(x, kernels="auto"):

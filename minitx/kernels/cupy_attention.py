@@ -1,18 +1,23 @@
 """Fused attention on the GPU: flash attention as CUDA C kernels, compiled through cupy.RawModule.
 
-The algorithm of numba_attention, laid out for a GPU. One thread block per (b, h, tile of query
-rows), one thread per query row: the thread keeps its q row and output accumulator in registers,
-the block streams tiles of k and v through shared memory, and each thread runs the online
-softmax (running max m_i, running sum l_i) over the keys its row may see. The backward has two
-kernels, so that no two threads ever add into the same gradient: dq (one thread per query row,
-streaming k, v tiles) and dk, dv (one thread per key row, streaming q, do tiles of every query
-head in the group). Both recompute P = exp(S - lse) from the saved lse.
+The algorithm of numba_attention, laid out for a GPU. A thread block owns a tile of ROWS rows of
+one (b, h): query rows in the forward and dq kernels, key rows in the dk, dv kernel. LANES
+threads share each row, lane l holding the row's values d = l, l + LANES, ... of its output
+(or gradient) accumulator, so per-thread state stays small at any head size D. The block streams
+tiles of TILE rows of the other side (keys and values, or queries and output gradients) through
+shared memory, in three steps per tile: the lanes of a row share out the tile's score dot
+products into a shared score tile; the block meets at a barrier; each lane then folds the row's
+scores into its part of the accumulator (online softmax with running max m_i and sum l_i in the
+forward). The backward has two kernels, so that no two threads ever add into the same gradient:
+dq (blocks of query rows, streaming k, v) and dk, dv (blocks of key rows, streaming q, do of
+every query head in the group). Both recompute P = exp(S - lse) from the saved lse.
 
-The kernels are C++ templates over the element type (float, double) and the head size D (so the
-row vectors fit in registers); each (dtype, D) pair is compiled on first use and cached. cupy is
-imported only then, so this module imports on machines without it. The Python side is written
-with the array module of its inputs, so the tests can also run it on numpy arrays with the same
-CUDA source built for the CPU (each thread block emulated by threads and a barrier).
+The kernels are C++ templates over the element type, D and the tiling (`tiling` picks ROWS and
+TILE so that shared memory stays within SHARED_BUDGET); each (dtype, D) is compiled on first use
+and cached. cupy is imported only then, so this module imports on machines without it. The
+tests run this same source on the CPU through the CuPy stand-in (tests/cupy_standin), and
+compile it for sm_90 through NVRTC to check registers, spills and occupancy
+(tests/test_kernel_resources.py).
 """
 import numpy
 
@@ -20,24 +25,40 @@ from ..backend import get_array_module
 from ._checks import check_backward, check_forward, kernel_options
 
 SUPPORTED_DTYPES = ("float32", "float64")
-ROWS = 64   # rows per thread block: query rows (forward, dq) or key rows (dk, dv), one per thread
+THREADS = 128              # threads per block: ROWS rows x LANES threads per row
+SHARED_BUDGET = 40 * 1024  # static shared memory per block: under the 48 KiB limit, and small
+                           # enough that 4 blocks (16 warps, 25 % occupancy) fit on an H100 SM
 KERNEL_NAMES = ("attention_forward", "attention_backward_dq", "attention_backward_dkdv")
 _CTYPES = {"float32": "float", "float64": "double"}
 
+
+def tiling(dtype_name, d_head):
+    """(ROWS, LANES, TILE) for one dtype and head size D: the largest tiles whose shared memory
+    (the dk, dv kernel's, the largest: 2 ROWS x D own rows, 2 TILE x D streamed rows, two
+    ROWS x TILE score tiles, 2 TILE scalars) fits SHARED_BUDGET. TILE shrinks first (it only sets
+    how often the block meets), then ROWS (how many rows share each streamed tile)."""
+    size = numpy.dtype(dtype_name).itemsize
+    rows, tile = 32, 32
+    while (2 * rows * d_head + 2 * tile * d_head + 2 * rows * tile + 2 * tile) * size \
+            > SHARED_BUDGET:
+        if tile > 16:
+            tile //= 2
+        elif rows > 8:
+            rows //= 2
+        else:
+            tile //= 2
+    return rows, THREADS // rows, tile
+
+
 CUDA_SOURCE = r"""
-// minitx fused attention. T: float or double; D: head size.
+// minitx fused attention. T: float or double; D: head size; a block of ROWS x LANES threads owns
+// ROWS rows (LANES threads per row) and streams tiles of TILE rows of the other side.
 // Layouts (all contiguous): q, o, do, dq (B, H, Nq, D); k, v, dk, dv (B, Hkv, Nk, D);
 // lse, delta (B, H, Nq); key_mask (B, Nk) as bytes, 1 = may be attended.
 // q arrives multiplied by scale, so a score is the plain dot product q_i . k_j.
 // Query i sits at absolute position i + (Nk - Nq).
-
-// Keys per shared-memory tile: up to 64, fewer when D is large, so that two tiles of D values
-// (k and v, or q and do) plus two scalars per row stay within the 48 KiB of static shared memory.
-template <typename T, int D>
-struct Tile {
-    static constexpr int fit = 24576 / ((D + 1) * (int)sizeof(T));
-    static constexpr int len = fit < 64 ? fit : 64;
-};
+// Every thread runs every loop iteration that contains a __syncthreads() (threads without a
+// row compute nothing and write nothing), so the barriers are always reached by the whole block.
 
 template <typename T> __device__ inline T neg_inf();
 template <> __device__ inline float neg_inf<float>() { return __int_as_float(0xff800000); }
@@ -63,40 +84,49 @@ __device__ inline bool any_visible(int pos_first, int pos_last, int j_first, int
 
 // Copy rows [r0, r0 + n) of a (rows, D) matrix into a shared tile, all threads together.
 template <typename T, int D>
-__device__ inline void load_tile(T (*tile)[D], const T* src, int r0, int n) {
+__device__ inline void load_rows(T (*tile)[D], const T* src, int r0, int n) {
     for (int t = threadIdx.x; t < n * D; t += blockDim.x)
         tile[t / D][t % D] = src[(size_t)r0 * D + t];
 }
 
-// Forward: o = softmax(q k^T) v per query row, and lse = log-sum-exp of the row's scores.
-// Grid: B * H * ceil(Nq / blockDim.x) blocks; thread t owns query row i_first + t.
 template <typename T, int D>
+__device__ inline T dot(const T* a, const T* b) {
+    T s = 0;
+    #pragma unroll 8
+    for (int d = 0; d < D; d++) s += a[d] * b[d];
+    return s;
+}
+
+// Forward: o = softmax(q k^T) v per query row, and lse = log-sum-exp of the row's scores.
+// Grid: B * H * ceil(Nq / ROWS) blocks; thread (r, lane) works on query row i_first + r.
+template <typename T, int D, int ROWS, int LANES, int TILE>
 __global__ void attention_forward(const T* q, const T* k, const T* v,
                                   const unsigned char* key_mask, int H, int Hkv, int Nq, int Nk,
                                   int causal, int window, int prefix, T* o, T* lse) {
-    constexpr int TILE = Tile<T, D>::len;
+    constexpr int DL = (D + LANES - 1) / LANES;           // accumulator values per thread
+    __shared__ T q_tile[ROWS][D];
     __shared__ T k_tile[TILE][D];
     __shared__ T v_tile[TILE][D];
+    __shared__ T s_tile[ROWS][TILE];                      // the rows' scores over the key tile
 
-    const int n_qtiles = (Nq + blockDim.x - 1) / blockDim.x;
+    const int n_qtiles = (Nq + ROWS - 1) / ROWS;
     const int bh = blockIdx.x / n_qtiles;                 // b * H + h
     const int b = bh / H, kv = bh % H / (H / Hkv);
-    const int i_first = blockIdx.x % n_qtiles * blockDim.x;
-    const int i_last = min(i_first + (int)blockDim.x, Nq) - 1;
-    const int i = i_first + threadIdx.x;
-    const bool has_row = i < Nq;                          // the last tile may be partial
+    const int i_first = blockIdx.x % n_qtiles * ROWS;
+    const int i_last = min(i_first + ROWS, Nq) - 1;       // the last tile may be partial
+    const int r = threadIdx.x / LANES, lane = threadIdx.x % LANES;
+    const int i = i_first + r;
+    const bool has_row = i < Nq;
     const int offset = Nk - Nq;
     const T* k_b = k + (size_t)(b * Hkv + kv) * Nk * D;
     const T* v_b = v + (size_t)(b * Hkv + kv) * Nk * D;
     const unsigned char* mask_b = key_mask + (size_t)b * Nk;
 
-    // 1. this thread's query row into registers; empty running statistics
-    T q_i[D], acc[D];
+    // 1. the block's query rows into shared memory; empty running statistics
+    load_rows<T, D>(q_tile, q + (size_t)bh * Nq * D, i_first, i_last - i_first + 1);
+    T acc[DL];
     #pragma unroll
-    for (int d = 0; d < D; d++) {
-        q_i[d] = has_row ? q[((size_t)bh * Nq + i) * D + d] : T(0);
-        acc[d] = 0;
-    }
+    for (int t = 0; t < DL; t++) acc[t] = 0;
     T m_i = neg_inf<T>(), l_i = 0;
 
     for (int j0 = 0; j0 < Nk; j0 += TILE) {
@@ -104,76 +134,84 @@ __global__ void attention_forward(const T* q, const T* k, const T* v,
         if (!any_visible(i_first + offset, i_last + offset, j0, j0 + n - 1,
                          causal, window, prefix))
             continue;
-        // 2. the block loads a tile of keys and values into shared memory
+        // 2. the block loads a tile of keys and values
         __syncthreads();                                  // everyone is done with the last tile
-        load_tile<T, D>(k_tile, k_b, j0, n);
-        load_tile<T, D>(v_tile, v_b, j0, n);
+        load_rows<T, D>(k_tile, k_b, j0, n);
+        load_rows<T, D>(v_tile, v_b, j0, n);
         __syncthreads();
-        if (!has_row) continue;
-        // 3. online softmax over the visible keys of the tile, one key at a time
-        for (int jj = 0; jj < n; jj++) {
+        // 3. the lanes of row r share out its scores over the tile; hidden keys score -inf
+        for (int jj = lane; jj < n; jj += LANES) {
             const int j = j0 + jj;
-            if (!mask_b[j] || !visible(i + offset, j, causal, window, prefix)) continue;
-            T s = 0;
-            #pragma unroll
-            for (int d = 0; d < D; d++) s += q_i[d] * k_tile[jj][d];
-            if (s > m_i) {                                // new running max: rescale the past
-                const T alpha = exp_(m_i - s);            // 0 for the row's first visible key
-                l_i *= alpha;
-                #pragma unroll
-                for (int d = 0; d < D; d++) acc[d] *= alpha;
-                m_i = s;
-            }
-            const T p = exp_(s - m_i);
+            s_tile[r][jj] = has_row && mask_b[j] && visible(i + offset, j, causal, window, prefix)
+                            ? dot<T, D>(q_tile[r], k_tile[jj]) : neg_inf<T>();
+        }
+        __syncthreads();
+        // 4. online softmax over the tile: every lane keeps the row's m_i, l_i, and its own
+        //    part of the accumulator
+        T m_new = m_i;
+        for (int jj = 0; jj < n; jj++) m_new = s_tile[r][jj] > m_new ? s_tile[r][jj] : m_new;
+        if (m_new == neg_inf<T>()) continue;              // no visible key yet
+        const T alpha = exp_(m_i - m_new);                // 0 while m_i is -inf
+        l_i *= alpha;
+        #pragma unroll
+        for (int t = 0; t < DL; t++) acc[t] *= alpha;
+        for (int jj = 0; jj < n; jj++) {
+            const T p = exp_(s_tile[r][jj] - m_new);      // 0 for hidden keys
             l_i += p;
             #pragma unroll
-            for (int d = 0; d < D; d++) acc[d] += p * v_tile[jj][d];
+            for (int t = 0; t < DL; t++)
+                if (lane + t * LANES < D) acc[t] += p * v_tile[jj][lane + t * LANES];
         }
+        m_i = m_new;
     }
-    // 4. normalise; a row that sees no key gets o = 0 and lse = -inf
+    // 5. normalise; a row that sees no key gets o = 0 and lse = -inf
     if (!has_row) return;
     const size_t row = (size_t)bh * Nq + i;
     #pragma unroll
-    for (int d = 0; d < D; d++) o[row * D + d] = l_i > 0 ? acc[d] / l_i : T(0);
-    lse[row] = l_i > 0 ? m_i + log_(l_i) : neg_inf<T>();
+    for (int t = 0; t < DL; t++)
+        if (lane + t * LANES < D)
+            o[row * D + lane + t * LANES] = l_i > 0 ? acc[t] / l_i : T(0);
+    if (lane == 0) lse[row] = l_i > 0 ? m_i + log_(l_i) : neg_inf<T>();
 }
 
 // Backward for dq: with P = exp(S - lse), dP = do v^T, dS = P (dP - delta), dq = scale dS k.
-// Same grid as the forward; thread t owns query row i_first + t and its dq row.
-template <typename T, int D>
+// Same grid and rows as the forward.
+template <typename T, int D, int ROWS, int LANES, int TILE>
 __global__ void attention_backward_dq(const T* q, const T* k, const T* v, const T* dout,
                                       const T* lse, const T* delta,
                                       const unsigned char* key_mask, int H, int Hkv, int Nq,
                                       int Nk, int causal, int window, int prefix, T scale,
                                       T* dq) {
-    constexpr int TILE = Tile<T, D>::len;
+    constexpr int DL = (D + LANES - 1) / LANES;
+    __shared__ T q_tile[ROWS][D];
+    __shared__ T do_tile[ROWS][D];
     __shared__ T k_tile[TILE][D];
     __shared__ T v_tile[TILE][D];
+    __shared__ T ds_tile[ROWS][TILE];                     // dS of the rows over the key tile
 
-    const int n_qtiles = (Nq + blockDim.x - 1) / blockDim.x;
+    const int n_qtiles = (Nq + ROWS - 1) / ROWS;
     const int bh = blockIdx.x / n_qtiles;
     const int b = bh / H, kv = bh % H / (H / Hkv);
-    const int i_first = blockIdx.x % n_qtiles * blockDim.x;
-    const int i_last = min(i_first + (int)blockDim.x, Nq) - 1;
-    const int i = i_first + threadIdx.x;
+    const int i_first = blockIdx.x % n_qtiles * ROWS;
+    const int i_last = min(i_first + ROWS, Nq) - 1;
+    const int r = threadIdx.x / LANES, lane = threadIdx.x % LANES;
+    const int i = i_first + r;
     const size_t row = (size_t)bh * Nq + i;
     const int offset = Nk - Nq;
     const T* k_b = k + (size_t)(b * Hkv + kv) * Nk * D;
     const T* v_b = v + (size_t)(b * Hkv + kv) * Nk * D;
     const unsigned char* mask_b = key_mask + (size_t)b * Nk;
 
-    // 1. this thread's q and do rows, lse and delta into registers
+    // 1. the block's q and do rows into shared memory; this row's lse and delta
+    load_rows<T, D>(q_tile, q + (size_t)bh * Nq * D, i_first, i_last - i_first + 1);
+    load_rows<T, D>(do_tile, dout + (size_t)bh * Nq * D, i_first, i_last - i_first + 1);
     const bool has_row = i < Nq;
     const T lse_i = has_row ? lse[row] : neg_inf<T>();
     const bool sees_keys = lse_i != neg_inf<T>();        // a row that sees no key: P = 0
     const T delta_i = has_row ? delta[row] : T(0);
-    T q_i[D], do_i[D], dq_i[D];
+    T dq_i[DL];
     #pragma unroll
-    for (int d = 0; d < D; d++) {
-        q_i[d] = has_row ? q[row * D + d] : T(0);
-        do_i[d] = has_row ? dout[row * D + d] : T(0);
-        dq_i[d] = 0;
-    }
+    for (int t = 0; t < DL; t++) dq_i[t] = 0;
 
     for (int j0 = 0; j0 < Nk; j0 += TILE) {
         const int n = min(TILE, Nk - j0);
@@ -182,64 +220,72 @@ __global__ void attention_backward_dq(const T* q, const T* k, const T* v, const 
             continue;
         // 2. the block loads a tile of keys and values
         __syncthreads();
-        load_tile<T, D>(k_tile, k_b, j0, n);
-        load_tile<T, D>(v_tile, v_b, j0, n);
+        load_rows<T, D>(k_tile, k_b, j0, n);
+        load_rows<T, D>(v_tile, v_b, j0, n);
         __syncthreads();
-        if (!sees_keys) continue;
-        // 3. recompute this row's P over the tile and accumulate dS k
-        for (int jj = 0; jj < n; jj++) {
+        // 3. the lanes of row r share out dS over the tile (0 for hidden keys)
+        for (int jj = lane; jj < n; jj += LANES) {
             const int j = j0 + jj;
-            if (!mask_b[j] || !visible(i + offset, j, causal, window, prefix)) continue;
-            T s = 0, dp = 0;
+            T ds = 0;
+            if (sees_keys && mask_b[j] && visible(i + offset, j, causal, window, prefix))
+                ds = exp_(dot<T, D>(q_tile[r], k_tile[jj]) - lse_i)
+                     * (dot<T, D>(do_tile[r], v_tile[jj]) - delta_i);
+            ds_tile[r][jj] = ds;
+        }
+        __syncthreads();
+        // 4. dq += dS k, each lane for its part of the row
+        for (int jj = 0; jj < n; jj++) {
+            const T ds = ds_tile[r][jj];
             #pragma unroll
-            for (int d = 0; d < D; d++) {
-                s += q_i[d] * k_tile[jj][d];
-                dp += do_i[d] * v_tile[jj][d];
-            }
-            const T ds = exp_(s - lse_i) * (dp - delta_i);
-            #pragma unroll
-            for (int d = 0; d < D; d++) dq_i[d] += ds * k_tile[jj][d];
+            for (int t = 0; t < DL; t++)
+                if (lane + t * LANES < D) dq_i[t] += ds * k_tile[jj][lane + t * LANES];
         }
     }
-    // 4. the kernel saw S = (scale q) k^T, so dq picks up the factor scale
+    // 5. the kernel saw S = (scale q) k^T, so dq picks up the factor scale
     if (!has_row) return;
     #pragma unroll
-    for (int d = 0; d < D; d++) dq[row * D + d] = scale * dq_i[d];
+    for (int t = 0; t < DL; t++)
+        if (lane + t * LANES < D) dq[row * D + lane + t * LANES] = scale * dq_i[t];
 }
 
 // Backward for dk, dv: dv = P^T do, dk = dS^T (scale q), summed over the query heads of the
-// group. Grid: B * Hkv * ceil(Nk / blockDim.x) blocks; thread t owns key row j_first + t.
-template <typename T, int D>
+// group. Grid: B * Hkv * ceil(Nk / ROWS) blocks; thread (r, lane) works on key row j_first + r.
+template <typename T, int D, int ROWS, int LANES, int TILE>
 __global__ void attention_backward_dkdv(const T* q, const T* k, const T* v, const T* dout,
                                         const T* lse, const T* delta,
                                         const unsigned char* key_mask, int H, int Hkv, int Nq,
                                         int Nk, int causal, int window, int prefix,
                                         T* dk, T* dv) {
-    constexpr int TILE = Tile<T, D>::len;
+    constexpr int DL = (D + LANES - 1) / LANES;
+    __shared__ T k_tile[ROWS][D];
+    __shared__ T v_tile[ROWS][D];
     __shared__ T q_tile[TILE][D];
     __shared__ T do_tile[TILE][D];
     __shared__ T lse_tile[TILE];
     __shared__ T delta_tile[TILE];
+    __shared__ T p_tile[ROWS][TILE];                      // P and dS of the key rows over the
+    __shared__ T ds_tile[ROWS][TILE];                     // query tile
 
-    const int n_ktiles = (Nk + blockDim.x - 1) / blockDim.x;
+    const int n_ktiles = (Nk + ROWS - 1) / ROWS;
     const int bkv = blockIdx.x / n_ktiles;                // b * Hkv + kv
     const int b = bkv / Hkv, kv = bkv % Hkv, G = H / Hkv;
-    const int j_first = blockIdx.x % n_ktiles * blockDim.x;
-    const int j_last = min(j_first + (int)blockDim.x, Nk) - 1;
-    const int j = j_first + threadIdx.x;
+    const int j_first = blockIdx.x % n_ktiles * ROWS;
+    const int j_last = min(j_first + ROWS, Nk) - 1;
+    const int r = threadIdx.x / LANES, lane = threadIdx.x % LANES;
+    const int j = j_first + r;
     const size_t row = (size_t)bkv * Nk + j;
     const int offset = Nk - Nq;
 
-    // 1. this thread's k and v rows into registers; padding keys get no gradient
+    // 1. the block's k and v rows into shared memory; padding keys get no gradient
+    load_rows<T, D>(k_tile, k + (size_t)bkv * Nk * D, j_first, j_last - j_first + 1);
+    load_rows<T, D>(v_tile, v + (size_t)bkv * Nk * D, j_first, j_last - j_first + 1);
     const bool has_row = j < Nk;
     const bool attended = has_row && key_mask[(size_t)b * Nk + j];
-    T k_j[D], v_j[D], dk_j[D], dv_j[D];
+    T dk_j[DL], dv_j[DL];
     #pragma unroll
-    for (int d = 0; d < D; d++) {
-        k_j[d] = has_row ? k[row * D + d] : T(0);
-        v_j[d] = has_row ? v[row * D + d] : T(0);
-        dk_j[d] = 0;
-        dv_j[d] = 0;
+    for (int t = 0; t < DL; t++) {
+        dk_j[t] = 0;
+        dv_j[t] = 0;
     }
 
     for (int h = kv * G; h < (kv + 1) * G; h++) {
@@ -251,41 +297,44 @@ __global__ void attention_backward_dkdv(const T* q, const T* k, const T* v, cons
                 continue;
             // 2. the block loads a tile of query rows of head h: q, do, lse, delta
             __syncthreads();
-            load_tile<T, D>(q_tile, q + bh * Nq * D, i0, n);
-            load_tile<T, D>(do_tile, dout + bh * Nq * D, i0, n);
+            load_rows<T, D>(q_tile, q + bh * Nq * D, i0, n);
+            load_rows<T, D>(do_tile, dout + bh * Nq * D, i0, n);
             for (int t = threadIdx.x; t < n; t += blockDim.x) {
                 lse_tile[t] = lse[bh * Nq + i0 + t];
                 delta_tile[t] = delta[bh * Nq + i0 + t];
             }
             __syncthreads();
-            if (!attended) continue;
-            // 3. recompute P and dS in this key's column and accumulate dv, dk
-            for (int ii = 0; ii < n; ii++) {
-                if (lse_tile[ii] == neg_inf<T>() ||
-                    !visible(i0 + ii + offset, j, causal, window, prefix))
-                    continue;
-                T s = 0, dp = 0;
-                #pragma unroll
-                for (int d = 0; d < D; d++) {
-                    s += q_tile[ii][d] * k_j[d];
-                    dp += do_tile[ii][d] * v_j[d];
+            // 3. the lanes of key row r share out P and dS in its column of the tile
+            for (int ii = lane; ii < n; ii += LANES) {
+                T p = 0, ds = 0;
+                if (attended && lse_tile[ii] != neg_inf<T>() &&
+                    visible(i0 + ii + offset, j, causal, window, prefix)) {
+                    p = exp_(dot<T, D>(q_tile[ii], k_tile[r]) - lse_tile[ii]);
+                    ds = p * (dot<T, D>(do_tile[ii], v_tile[r]) - delta_tile[ii]);
                 }
-                const T p = exp_(s - lse_tile[ii]);
-                const T ds = p * (dp - delta_tile[ii]);
+                p_tile[r][ii] = p;
+                ds_tile[r][ii] = ds;
+            }
+            __syncthreads();
+            // 4. dv += P^T do, dk += dS^T q, each lane for its part of the row
+            for (int ii = 0; ii < n; ii++) {
+                const T p = p_tile[r][ii], ds = ds_tile[r][ii];
                 #pragma unroll
-                for (int d = 0; d < D; d++) {
-                    dv_j[d] += p * do_tile[ii][d];
-                    dk_j[d] += ds * q_tile[ii][d];
+                for (int t = 0; t < DL; t++) {
+                    if (lane + t * LANES >= D) continue;
+                    dv_j[t] += p * do_tile[ii][lane + t * LANES];
+                    dk_j[t] += ds * q_tile[ii][lane + t * LANES];
                 }
             }
         }
     }
-    // 4. q arrived multiplied by scale, so dk is complete
+    // 5. q arrived multiplied by scale, so dk is complete
     if (!has_row) return;
     #pragma unroll
-    for (int d = 0; d < D; d++) {
-        dk[row * D + d] = dk_j[d];
-        dv[row * D + d] = dv_j[d];
+    for (int t = 0; t < DL; t++) {
+        if (lane + t * LANES >= D) continue;
+        dk[row * D + lane + t * LANES] = dk_j[t];
+        dv[row * D + lane + t * LANES] = dv_j[t];
     }
 }
 """
@@ -295,7 +344,9 @@ _kernels = {}   # (dtype name, D) -> {kernel name: cupy.RawKernel}
 
 def name_expressions(dtype_name, d_head):
     """The C++ names of the kernel instances for one dtype and head size."""
-    return [f"{name}<{_CTYPES[dtype_name]}, {d_head}>" for name in KERNEL_NAMES]
+    rows, lanes, tile = tiling(dtype_name, d_head)
+    return [f"{name}<{_CTYPES[dtype_name]}, {d_head}, {rows}, {lanes}, {tile}>"
+            for name in KERNEL_NAMES]
 
 
 def compiled_kernels(dtype, d_head):
@@ -323,11 +374,11 @@ def _prepare(xp, q, shape, key_mask, causal, window, prefix):
     return xp.ascontiguousarray(q * scale), scale, mask, ints
 
 
-def _launch(kernel, n_rows, n_groups, args):
-    """Run `kernel` with one block of ROWS threads per (group, tile of ROWS rows)."""
-    n_blocks = n_groups * ((n_rows + ROWS - 1) // ROWS)
+def _launch(kernel, rows, n_rows, n_groups, args):
+    """Run `kernel` with one block of THREADS threads per (group, tile of `rows` rows)."""
+    n_blocks = n_groups * ((n_rows + rows - 1) // rows)
     if n_blocks:
-        kernel((n_blocks,), (ROWS,), args)
+        kernel((n_blocks,), (THREADS,), args)
 
 
 def attention_forward(q, k, v, *, causal=False, key_mask=None, window=None, prefix=None,
@@ -341,7 +392,8 @@ def attention_forward(q, k, v, *, causal=False, key_mask=None, window=None, pref
     o = xp.empty_like(q)
     lse = xp.empty(q.shape[:3], q.dtype)
     kernels = compiled_kernels(q.dtype, shape.D)
-    _launch(kernels["attention_forward"], shape.Nq, shape.B * shape.H,
+    rows = tiling(q.dtype.name, shape.D)[0]
+    _launch(kernels["attention_forward"], rows, shape.Nq, shape.B * shape.H,
             (q, k, v, mask) + ints + (o, lse))
     return o, lse
 
@@ -361,8 +413,9 @@ def attention_backward(q, k, v, o, lse, do, *, causal=False, key_mask=None, wind
     dv = xp.empty_like(v)
     inputs = (q, k, v, do, lse, delta, mask) + ints
     kernels = compiled_kernels(q.dtype, shape.D)
-    _launch(kernels["attention_backward_dq"], shape.Nq, shape.B * shape.H,
+    rows = tiling(q.dtype.name, shape.D)[0]
+    _launch(kernels["attention_backward_dq"], rows, shape.Nq, shape.B * shape.H,
             inputs + (scale, dq))
-    _launch(kernels["attention_backward_dkdv"], shape.Nk, shape.B * shape.Hkv,
+    _launch(kernels["attention_backward_dkdv"], rows, shape.Nk, shape.B * shape.Hkv,
             inputs + (dk, dv))
     return dq, dk, dv

@@ -5,7 +5,7 @@ either. As FlashAttention does, it draws the mask from a counter-based generator
 probability (b, h, i, j) is kept depends only on a seed and on that position's index, so the
 backward pass recomputes the very same mask block by block. The generator here is the finaliser
 of SplitMix64 (a bijection of 64-bit integers whose output bits pass statistical tests), applied to
-seed + index * golden ratio; every implementation (reference, numba, cupy) computes it with the
+index * golden ratio + seed; every implementation (reference, numba, cupy) computes it with the
 same integer arithmetic, so they drop exactly the same probabilities and can be tested against
 one another exactly.
 """
@@ -34,5 +34,5 @@ def threshold(p):
 
 def keep_mask(shape, p, seed, xp=numpy):
     """Boolean array of `shape` (B, H, Nq, Nk): True where probability (b, h, i, j) is kept."""
-    index = xp.arange(math.prod(shape), dtype=xp.uint64).reshape(shape)   # b, h, i, j row-major
-    return (mix(numpy.uint64(seed) + index * GOLDEN) >> S11) >= threshold(p)
+    index = xp.arange(math.prod(shape), dtype=numpy.uint64).reshape(shape)   # b, h, i, j row-major
+    return (mix(index * GOLDEN + numpy.uint64(seed)) >> S11) >= threshold(p)

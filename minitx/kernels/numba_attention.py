@@ -131,7 +131,7 @@ def _drop(xT, seed, threshold, keep_scale, b, h, H, Nq, Nk, i0, j0):
     for jj in range(xT.shape[0]):
         for ii in range(xT.shape[1]):
             index = np.uint64(((b * H + h) * Nq + i0 + ii) * Nk + j0 + jj)
-            kept = (_mix(seed + index * dropout_mask.GOLDEN) >> dropout_mask.S11) >= threshold
+            kept = (_mix(index * dropout_mask.GOLDEN + seed) >> dropout_mask.S11) >= threshold
             xT[jj, ii] = xT[jj, ii] * keep_scale if kept else zero
 
 

@@ -56,14 +56,14 @@ class KVCache:
 
 class MultiHeadAttention(Module):
     def __init__(self, d_model, n_head, n_kv_head=None, bias=True, dropout=0.0, rope=False,
-                 window=None, proj_std=0.02, kernels="auto"):
+                 window=None, proj_std=0.02, kernels="auto", rope_base=10000.0):
         n_kv_head = n_kv_head or n_head
         if d_model % n_head:
             raise ValueError(f"d_model={d_model} is not divisible by n_head={n_head}")
         if n_head % n_kv_head:
             raise ValueError(f"n_head={n_head} is not divisible by n_kv_head={n_kv_head}")
         self.n_head, self.n_kv_head, self.d_head = n_head, n_kv_head, d_model // n_head
-        self.rope, self.window, self.kernels = rope, window, kernels
+        self.rope, self.rope_base, self.window, self.kernels = rope, rope_base, window, kernels
         self.q = Linear(d_model, n_head * self.d_head, bias)
         self.kv = Linear(d_model, 2 * n_kv_head * self.d_head, bias)
         self.out = Linear(n_head * self.d_head, d_model, bias, std=proj_std)
@@ -85,7 +85,7 @@ class MultiHeadAttention(Module):
             kv = self.kv(source).reshape(B, M, 2, Hkv, D).permute(2, 0, 3, 1, 4)  # (2, B, Hkv, M, D)
             k, v = kv[0], kv[1]
             if self.rope and not cross:
-                q, k = apply_rope(q, start), apply_rope(k, start)
+                q, k = apply_rope(q, start, self.rope_base), apply_rope(k, start, self.rope_base)
             if cache is not None:
                 k, v = cache.update((self, cross), k, v, static=cross)
         causal = causal and not cross  # window and prefix refine the causal mask

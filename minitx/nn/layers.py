@@ -88,13 +88,14 @@ class MLP(Module):
     "gelu":   W2 gelu(W1 x)                       (GPT-2, BERT)
     "swiglu": W2 (silu(W1 x) * (W3 x))            (Shazeer 2020; LLaMA)
     `proj_std` scales the output projection's init (GPT-2: 0.02 / sqrt(2 n_layer)).
+    `approximate` is the GELU form: "tanh" (GPT-2) or "none", the exact erf form (BERT).
     """
 
     def __init__(self, d_model, d_ff, kind="gelu", bias=True, dropout=0.0, proj_std=0.02,
-                 kernels="auto"):
+                 kernels="auto", approximate="tanh"):
         if kind not in ("gelu", "swiglu"):
             raise ValueError(f"unknown MLP kind {kind!r}: expected 'gelu' or 'swiglu'")
-        self.kind, self.kernels = kind, kernels
+        self.kind, self.kernels, self.approximate = kind, kernels, approximate
         self.up = Linear(d_model, d_ff, bias)
         self.gate = Linear(d_model, d_ff, bias) if kind == "swiglu" else None
         self.down = Linear(d_ff, d_model, bias, std=proj_std)
@@ -103,7 +104,7 @@ class MLP(Module):
     def forward(self, x):
         h = self.up(x)
         if self.kind == "gelu":
-            h = ops.gelu(h, approximate="tanh", kernels=self.kernels)
+            h = ops.gelu(h, approximate=self.approximate, kernels=self.kernels)
         else:
             g = self.gate(x)
             h = g * ops.sigmoid(g) * h

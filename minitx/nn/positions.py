@@ -12,7 +12,6 @@ import numpy
 
 from .. import ops
 from ..backend import array_module
-from ..tensor import Tensor
 from .layers import Embedding
 from .module import Module
 
@@ -23,8 +22,8 @@ def _frequencies(n_pairs, base=10000.0):
     return base ** (-numpy.arange(n_pairs) / n_pairs)  # (n_pairs,)
 
 
-def _angles(start, n, n_pairs):
-    return numpy.arange(start, start + n)[:, None] * _frequencies(n_pairs)[None, :]  # (n, n_pairs)
+def _angles(start, n, n_pairs, base=10000.0):
+    return numpy.arange(start, start + n)[:, None] * _frequencies(n_pairs, base)[None, :]  # (n, n_pairs)
 
 
 class LearnedPositions(Module):
@@ -33,8 +32,8 @@ class LearnedPositions(Module):
 
     def forward(self, x, start=0):
         """x (B, N, d_model) + the vectors of positions start..start+N-1."""
-        ids = numpy.arange(start, start + x.shape[1])
-        return x + self.table(Tensor(ids, device=x.device))
+        ids = numpy.arange(start, start + x.shape[1])   # from the host: checked there, then moved
+        return x + self.table(ids)
 
 
 class SinusoidalPositions(Module):
@@ -49,8 +48,9 @@ class SinusoidalPositions(Module):
         return x + array_module(x.device).asarray(table[:, :d], dtype=x.dtype)
 
 
-def apply_rope(x, start=0):
-    """Rotate x (B, H, N, D) by position: each pair (x[i], x[i + D/2]) turns by angle p * f_i.
+def apply_rope(x, start=0, base=10000.0):
+    """Rotate x (B, H, N, D) by position: each pair (x[i], x[i + D/2]) turns by angle p * f_i,
+    f_i = base^(-2i/D) (10000 in the paper; larger bases reach longer contexts, e.g. SmolLM2's 1e5).
 
         [x1, x2] -> [x1 cos - x2 sin, x1 sin + x2 cos]   with x1 = x[..., :D/2], x2 = x[..., D/2:]
     """
@@ -58,7 +58,7 @@ def apply_rope(x, start=0):
     if d % 2:
         raise ValueError(f"rotary positions need an even head dimension, got d_head={d}")
     xp = array_module(x.device)
-    angles = _angles(start, n, d // 2)
+    angles = _angles(start, n, d // 2, base)
     cos = xp.asarray(numpy.cos(angles), dtype=x.dtype)  # (N, D/2)
     sin = xp.asarray(numpy.sin(angles), dtype=x.dtype)
     x1, x2 = ops.split(x, [d // 2, d // 2], axis=-1)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, fields
 from typing import Optional
 
 from .. import ops
-from ..backend import array_module, get_array_module
+from ..backend import array_module, device_of, get_array_module
+from ..ops.shape import check_range
 from ..tensor import Tensor, as_array
 from .attention import KVCache, MultiHeadAttention
 from .layers import MLP, NORMS, Dropout, Embedding, Linear, residual_std
@@ -39,6 +40,13 @@ class TransformerConfig:
     mlp: str = "gelu"              # "gelu" | "swiglu"
     window: Optional[int] = None   # sliding-window attention in causal layers
     kernels: str = "auto"          # "auto" | "fused" | "reference" (see minitx.kernels.choose)
+    # switches that published models need (the defaults are minitx's own choices)
+    norm_eps: Optional[float] = None  # None = the norm's default (LayerNorm 1e-5, RMSNorm 1e-6)
+    gelu: str = "tanh"             # GELU form: "tanh" (GPT-2) | "none", the exact erf (BERT)
+    rope_base: float = 10000.0     # RoPE frequencies base^(-2i/D)
+    n_token_types: int = 0         # segment embeddings added to the tokens (BERT: 2)
+    embed_norm: bool = False       # a norm on the embeddings before layer 0 (BERT)
+    tied_output: bool = True       # output layer = the token embedding; False = a Linear of its own
 
     def __post_init__(self):
         checks = [
@@ -48,6 +56,7 @@ class TransformerConfig:
             (self.norm in NORMS, f"unknown norm {self.norm!r}: expected one of {sorted(NORMS)}"),
             (self.pos in POSITIONS, f"unknown pos {self.pos!r}: expected one of {list(POSITIONS)}"),
             (self.mlp in ("gelu", "swiglu"), f"unknown mlp {self.mlp!r}: expected 'gelu' or 'swiglu'"),
+            (self.gelu in ("tanh", "none"), f"unknown gelu {self.gelu!r}: expected 'tanh' or 'none'"),
             (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
             (min(self.vocab_size, self.block_size, self.n_layer, self.d_model) > 0,
              "vocab_size, block_size, n_layer and d_model must be positive"),
@@ -62,6 +71,12 @@ class TransformerConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def make_norm(cfg):
+    """The norm that cfg asks for, with its epsilon."""
+    eps = {} if cfg.norm_eps is None else {"eps": cfg.norm_eps}
+    return NORMS[cfg.norm](cfg.d_model, cfg.bias, kernels=cfg.kernels, **eps)
+
+
 class Block(Module):
     """Self-attention, then (optionally) cross-attention, then the MLP, each a residual branch.
 
@@ -71,20 +86,20 @@ class Block(Module):
     """
 
     def __init__(self, cfg, cross_attn=False, share_cross_self=False, shared=None):
-        Norm = NORMS[cfg.norm]
         proj_std = residual_std(cfg.n_layer)
 
         def attention():
             return MultiHeadAttention(cfg.d_model, cfg.n_head, cfg.n_kv_head, cfg.bias, cfg.dropout,
                                       rope=cfg.pos == "rope", window=cfg.window, proj_std=proj_std,
-                                      kernels=cfg.kernels)
+                                      kernels=cfg.kernels, rope_base=cfg.rope_base)
         self.norm_first = cfg.norm_first
-        self.ln_attn = shared.ln_attn if shared else Norm(cfg.d_model, cfg.bias, kernels=cfg.kernels)
+        self.ln_attn = shared.ln_attn if shared else make_norm(cfg)
         self.attn = shared.attn if shared else attention()
-        self.ln_mlp = shared.ln_mlp if shared else Norm(cfg.d_model, cfg.bias, kernels=cfg.kernels)
+        self.ln_mlp = shared.ln_mlp if shared else make_norm(cfg)
         self.mlp = shared.mlp if shared else MLP(cfg.d_model, cfg.d_ff or 4 * cfg.d_model, cfg.mlp,
-                                                 cfg.bias, cfg.dropout, proj_std, cfg.kernels)
-        self.ln_cross = Norm(cfg.d_model, cfg.bias, kernels=cfg.kernels) if cross_attn else None
+                                                 cfg.bias, cfg.dropout, proj_std, cfg.kernels,
+                                                 cfg.gelu)
+        self.ln_cross = make_norm(cfg) if cross_attn else None
         self.cross = (self.attn if share_cross_self else attention()) if cross_attn else None
 
     def residual(self, x, norm, sublayer):
@@ -107,8 +122,7 @@ class Stack(Module):
     def __init__(self, cfg, cross_attn=False, share_cross_self=False, shared=None):
         self.blocks = [Block(cfg, cross_attn, share_cross_self, shared.blocks[i] if shared else None)
                        for i in range(cfg.n_layer)]
-        self.ln_final = (NORMS[cfg.norm](cfg.d_model, cfg.bias, kernels=cfg.kernels) if cfg.norm_first
-                         else None)
+        self.ln_final = make_norm(cfg) if cfg.norm_first else None
 
     def forward(self, x, memories=None, every_layer=False, **kwargs):
         """x (B, N, d_model) -> (B, N, d_model); `memories` has one encoder output per block.
@@ -122,36 +136,46 @@ class Stack(Module):
 
 
 class Embedder(Module):
-    """Token ids (B, N) -> vectors (B, N, d_model): token embedding + positions, then dropout."""
+    """Token ids (B, N) -> vectors (B, N, d_model): token embedding + positions (+ segment
+    embeddings, then a norm, as in BERT), then dropout; and the output layer back to the vocabulary."""
 
     def __init__(self, cfg, vocab_size):
         self.vocab_size, self.block_size = vocab_size, cfg.block_size
         self.tokens = Embedding(vocab_size, cfg.d_model)
         self.positions = make_positions(cfg.pos, cfg.block_size, cfg.d_model)
+        self.token_types = Embedding(cfg.n_token_types, cfg.d_model) if cfg.n_token_types else None
+        self.norm = make_norm(cfg) if cfg.embed_norm else None
         self.drop = Dropout(cfg.dropout)
+        self.output = None if cfg.tied_output else Linear(cfg.d_model, vocab_size, bias=False)
 
-    def forward(self, ids, start=0):
-        ids = as_array(ids, self.tokens.weight.device)
+    def forward(self, ids, start=0, token_types=None):
+        """token_types (B, N): the segment of each token (all 0 when None)."""
+        ids = as_array(ids)                   # where they live: host ids are checked for free
         if ids.ndim != 2:
             raise ValueError(f"token ids must be (batch, sequence), got shape {ids.shape}")
         if start + ids.shape[1] > self.block_size:
             raise ValueError(f"sequence of {start + ids.shape[1]} tokens is longer than "
                              f"block_size={self.block_size}")
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got values from "
-                             f"{int(ids.min())} to {int(ids.max())}")
-        return self.drop(self.positions(self.tokens(ids), start))
+        check_range(ids, 0, self.vocab_size, "token ids")
+        x = self.positions(self.tokens(ids), start)                             # (B, N, d_model)
+        if self.token_types is not None:
+            xp = get_array_module(ids)
+            types = xp.zeros(ids.shape, int) if token_types is None else as_array(token_types)
+            x = x + self.token_types(types)
+        return self.drop(self.norm(x) if self.norm else x)
 
     def logits(self, h):
-        """Scores over the vocabulary with the embedding matrix as output layer (tied weights)."""
+        """Scores over the vocabulary: the output layer, or the embedding matrix when tied."""
+        if self.output is not None:
+            return self.output(h)
         return ops.einsum("bnd,vd->bnv", h, self.tokens.weight)
 
 
 def lm_loss(logits, targets, loss_mask=None):
     """Next-token cross-entropy; positions where loss_mask is False (or targets are -100) don't count."""
-    targets = as_array(targets, logits.device)
+    targets = as_array(targets)                 # where they live, as ops.cross_entropy checks them
     if loss_mask is not None:
-        loss_mask = as_array(loss_mask, logits.device)
+        loss_mask = as_array(loss_mask, device_of(targets))
         if loss_mask.shape != targets.shape:
             raise ValueError(f"loss_mask of shape {loss_mask.shape} does not match targets {targets.shape}")
         targets = get_array_module(targets).where(loss_mask, targets, -100)
@@ -160,7 +184,7 @@ def lm_loss(logits, targets, loss_mask=None):
 
 class DecoderOnly(Module):
     """GPT: a causal stack over tokens, predicting each next token; output layer tied to the
-    token embedding."""
+    token embedding (or its own, with tied_output=False)."""
 
     def __init__(self, cfg):
         self.config = cfg
@@ -184,7 +208,10 @@ class DecoderOnly(Module):
 
 
 class EncoderOnly(Module):
-    """BERT-style: a bidirectional stack, one pooled vector per sequence, a classification head."""
+    """BERT-style: a bidirectional stack, one pooled vector per sequence, a classification head.
+
+    n_classes=None: no head; the pooled vector is the output (a sentence embedding, as in
+    Sentence-BERT, Reimers & Gurevych 2019)."""
 
     def __init__(self, cfg, n_classes, pool="first"):
         if pool not in ("first", "mean"):
@@ -192,18 +219,36 @@ class EncoderOnly(Module):
         self.config, self.pool = cfg, pool
         self.embed = Embedder(cfg, cfg.vocab_size)
         self.stack = Stack(cfg)
-        self.head = Linear(cfg.d_model, n_classes)
+        self.head = Linear(cfg.d_model, n_classes) if n_classes is not None else None
 
-    def forward(self, ids, labels=None, *, mask=None):
-        """ids (B, N), mask (B, N) True on real tokens -> (logits (B, n_classes), loss or None)."""
-        h = self.stack(self.embed(ids), causal=False, mask=mask)                # (B, N, d_model)
+    def hidden_states(self, ids, *, mask=None, token_types=None):
+        """ids (B, N), mask (B, N) True on real tokens -> the last layer's vectors (B, N, d_model)."""
+        return self.stack(self.embed(ids, token_types=token_types), causal=False, mask=mask)
+
+    def pooled(self, ids, *, mask=None, token_types=None):
+        """One vector per sequence (B, d_model): the first token's, or the mean over real tokens."""
+        h = self.hidden_states(ids, mask=mask, token_types=token_types)         # (B, N, d_model)
         if self.pool == "first":
-            pooled = h[:, 0]
-        else:
-            m = (array_module(h.device).ones(h.shape[:2], dtype=bool) if mask is None
-                 else as_array(mask, h.device))
-            weights = Tensor(m / m.sum(axis=1, keepdims=True), dtype=h.dtype, device=h.device)   # (B, N)
-            pooled = ops.einsum("bnd,bn->bd", h, weights)
+            return h[:, 0]
+        m = (array_module(h.device).ones(h.shape[:2], dtype=bool) if mask is None
+             else as_array(mask, h.device))
+        weights = Tensor(m / m.sum(axis=1, keepdims=True), dtype=h.dtype, device=h.device)   # (B, N)
+        return ops.einsum("bnd,bn->bd", h, weights)
+
+    def sentence_embedding(self, ids, *, mask=None, token_types=None):
+        """The pooled vectors scaled to length 1 (B, d_model): their dot products are cosine
+        similarities."""
+        pooled = self.pooled(ids, mask=mask, token_types=token_types)
+        return pooled / ops.sqrt(ops.sum(pooled * pooled, axis=-1, keepdims=True))
+
+    def forward(self, ids, labels=None, *, mask=None, token_types=None):
+        """ids (B, N), mask (B, N) True on real tokens -> (logits (B, n_classes), loss or None);
+        without a head, (the pooled vectors (B, d_model), None)."""
+        pooled = self.pooled(ids, mask=mask, token_types=token_types)
+        if self.head is None:
+            if labels is not None:
+                raise ValueError("this encoder has no head (n_classes=None): it cannot take labels")
+            return pooled, None
         logits = self.head(pooled)
         return logits, (ops.cross_entropy(logits, labels) if labels is not None else None)
 
@@ -256,5 +301,6 @@ class EncoderDecoder(Module):
         return logits, (lm_loss(logits, targets) if targets is not None else None)
 
 
-__all__ = ["TransformerConfig", "EncoderDecoderConfig", "Block", "Stack", "Embedder", "DecoderOnly",
+__all__ = ["TransformerConfig", "EncoderDecoderConfig", "make_norm", "Block", "Stack", "Embedder",
+           "DecoderOnly",
            "EncoderOnly", "EncoderDecoder", "KVCache", "lm_loss"]

@@ -22,7 +22,8 @@ from .elementwise import (Abs, Add, AsType, Clip, Cos, Div, Erf, Exp, Gelu, Leak
 from .fused import (Affine, Attention, CrossEntropy, InvertedDropout, LogSoftmax, Normalize,
                     Softmax)
 from .reduce import CumSum, Extremum, LogSumExp, Prod, Sum, Variance, count, normalize_axes
-from .shape import Concatenate, Expand, Gather, GetItem, Pad, Permute, Reshape, Take
+from .shape import (Concatenate, Expand, Gather, GetItem, Pad, Permute, Reshape, Take,
+                    check_range)
 
 _TORCH_NAMES = {"dim": "axis", "dims": "axis", "keepdim": "keepdims"}
 
@@ -230,17 +231,18 @@ def repeat(a, sizes):
 
 def take(a, indices, axis=0):
     """a's entries along `axis` at integer `indices` (a tensor or array); the embedding lookup."""
-    indices = _index_array(a, indices, "take")
+    indices = _index_array(indices, "take")   # where it lives: checked there by Take
     return Take.apply(a, indices=indices, axis=axis)
 
 
 def gather(a, axis, index):
     """out[i][j] = a[i][index[i][j]] for axis=1 (PyTorch's gather, NumPy's take_along_axis)."""
-    return Gather.apply(a, _index_array(a, index, "gather"), axis=axis)
+    return Gather.apply(a, _index_array(index, "gather", a.device), axis=axis)
 
 
-def _index_array(a, indices, name):
-    indices = as_array(indices, a.device)
+def _index_array(indices, name, device=None):
+    """An integer array from a tensor, array or list, on `device` (None: where it lives)."""
+    indices = as_array(indices, device)
     if indices.dtype.kind not in "iu":
         raise ValueError(f"{name}: indices must be integers, got {indices.dtype}")
     return indices
@@ -259,8 +261,9 @@ def triu(a, diagonal=0):
 def _triangle(a, diagonal, lower):
     xp = get_array_module(a.data)
     n, m = a.shape[-2:]
-    below = xp.tri(n, m, diagonal if lower else diagonal - 1, dtype=bool)  # j <= i + k
-    return where(below if lower else ~below, a, a.dtype.type(0))
+    j_minus_i = xp.arange(m)[None, :] - xp.arange(n)[:, None]              # (n, m)
+    keep = j_minus_i <= diagonal if lower else j_minus_i >= diagonal
+    return where(keep, a, a.dtype.type(0))
 
 
 @torch_names
@@ -352,8 +355,15 @@ def cross_entropy(logits, targets, ignore_index=-100, *, weight=None, reduction=
     if not 0 <= label_smoothing <= 1:
         raise ValueError(f"cross_entropy label_smoothing must be in [0, 1], got {label_smoothing}")
     if not (isinstance(targets, Tensor) and targets.dtype.kind == "f"):
-        targets = as_array(targets, logits.device)
+        targets = as_array(targets)
     probabilities = targets.dtype.kind == "f"
+    if not probabilities:  # class indices: checked where they live (free on the host), then moved
+        if targets.dtype.kind not in "iu":
+            raise ValueError(f"cross_entropy: targets must be integers or probabilities, got {targets.dtype}")
+        check_range(get_array_module(targets).where(targets != ignore_index, targets, 0), 0,
+                    logits.shape[axis], f"cross_entropy: targets (other than ignore_index={ignore_index})")
+    if not isinstance(targets, Tensor):
+        targets = as_array(targets, logits.device)
     axis = axis % logits.ndim
     if axis != logits.ndim - 1:  # classes last: a view, not a copy
         order = [i for i in range(logits.ndim) if i != axis] + [axis]

@@ -11,8 +11,8 @@ a batched matrix product, so it runs on BLAS (cuBLAS on the GPU):
   (B, M, K) @ (B, K, N) -> (B, M, N) -> reshape to (b, m, n)
 A letter is "kept" if the output or a later operand still needs it. The plan (which axes go
 where) depends only on the subscripts and the shapes, so it is worked out once and cached.
-A letter repeated within one operand ("ii->i", "ii->") first takes that operand's diagonal, a
-strided view (see `diagonal`); a size-0 axis is an axis like any other.
+A letter repeated within one operand ("ii->i", "ii->") first takes that operand's diagonal (see
+`diagonal`); a size-0 axis is an axis like any other.
 
 Backward is einsum again: for out = einsum("ij,jk->ik", a, b), dL/da = einsum("ik,jk->ij", g, b).
 In general, operand i's gradient is the einsum of the output gradient with all other operands,
@@ -89,14 +89,14 @@ def distinct(sub):
     return "".join(dict.fromkeys(sub))
 
 
-def diagonal(a, sub):
-    """The diagonal of `a` over the letters `sub` repeats, as a strided view with axes
-    `distinct(sub)`: along "ii" one step moves both indices, so its stride is the sum of theirs.
-    A view, so writing into the diagonal of a zero array is how backward puts gradients back."""
+def diagonal(sub, shape, xp):
+    """The index that picks an operand's diagonal over the letters `sub` repeats: for "iij",
+    a[i, i, j] for every (i, j), as index arrays that broadcast to the axes `distinct(sub)`.
+    Forward reads a[index]; backward writes the gradient back to the same places."""
     letters = distinct(sub)
-    strides = [sum(st for c, st in zip(sub, a.strides) if c == letter) for letter in letters]
-    shape = [a.shape[sub.index(letter)] for letter in letters]
-    return get_array_module(a).lib.stride_tricks.as_strided(a, shape, strides)
+    grids = {c: xp.arange(shape[sub.index(c)]).reshape([shape[sub.index(c)] if d == c else 1
+                                                         for d in letters]) for c in letters}
+    return tuple(grids[c] for c in sub)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -149,7 +149,8 @@ def contract(subscripts, *arrays):
     xp = get_array_module(*arrays)
     if any(diagonals):
         subs = parse(subscripts, tuple(a.shape for a in arrays))[0]
-        arrays = [diagonal(a, sub) if diag else a for a, sub, diag in zip(arrays, subs, diagonals)]
+        arrays = [a[diagonal(sub, a.shape, xp)] if diag else a
+                  for a, sub, diag in zip(arrays, subs, diagonals)]
     arrays = [a if shape is None else xp.broadcast_to(a, shape) for a, shape in zip(arrays, broadcast)]
     left = arrays[0]
     for right, (sum_a, perm_a, shape_a, sum_b, perm_b, shape_b, out_shape) in zip(arrays[1:], steps):
@@ -192,7 +193,7 @@ class Einsum(Function):
                                                       for c, k in zip(letters, kept)])
             if letters != sub:  # forward took the diagonal: the gradient goes back onto it, 0 elsewhere
                 full = xp.zeros(a.shape, g.dtype)
-                diagonal(full, sub)[...] = g
+                full[diagonal(sub, a.shape, xp)] = g
                 g = full
             grads.append(g)
         return tuple(grads)

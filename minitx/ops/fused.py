@@ -127,10 +127,7 @@ class CrossEntropy(Function):
             ctx.total = n_rows
         else:                                                   # class indices
             counted = targets != ignore_index
-            safe = xp.where(counted, targets, 0)
-            if targets.size and (safe.min() < 0 or safe.max() >= n_class):
-                raise ValueError(f"cross_entropy: targets must lie in [0, {n_class}) or equal "
-                                 f"ignore_index={ignore_index}")
+            safe = xp.where(counted, targets, 0)                # in range: checked by ops.cross_entropy
             rows = xp.arange(n_rows)
             w_target = weight[safe] * counted                   # (N,): 0 on ignored rows
             # -sum_c w_c u_c logp_c with u = (1 - eps) onehot(target) + eps / C, without the
@@ -141,7 +138,7 @@ class CrossEntropy(Function):
             ctx.picked, ctx.total = (rows, safe, w_target, counted), w_target.sum()
         if reduction == "none":
             return loss
-        with quiet(xp):  # mean of no counted target: 0 / 0 = nan, as PyTorch gives
+        with quiet():  # mean of no counted target: 0 / 0 = nan, as PyTorch gives
             return loss.sum() if reduction == "sum" else loss.sum() / ctx.total
 
     @staticmethod
@@ -153,8 +150,10 @@ class CrossEntropy(Function):
             g = grad                                            # (N,)
         elif ctx.reduction == "sum":
             g = xp.broadcast_to(grad, probs.shape[:1])
-        else:  # no counted target: the loss is nan, its gradient 0 (as in PyTorch)
-            g = xp.broadcast_to(grad / ctx.total if float(ctx.total) else 0 * grad, probs.shape[:1])
+        else:  # no counted target: the loss is nan, its gradient 0 (as in PyTorch); on the device
+            counts = ctx.total > 0
+            g = xp.broadcast_to(xp.where(counts, grad, 0) / xp.where(counts, ctx.total, 1),
+                                probs.shape[:1])
         dtargets = None
         if ctx.picked is not None:                              # class indices
             rows, safe, w_target, counted = ctx.picked

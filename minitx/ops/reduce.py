@@ -90,7 +90,7 @@ class LogSumExp(Function):
         m = xp.where(xp.isfinite(m), m, 0)
         e = xp.exp(a - m)
         s = e.sum(axis=axes, keepdims=True)
-        with quiet(xp):  # log(0) = -inf is the right answer for a slice of all -inf
+        with quiet():  # log(0) = -inf is the right answer for a slice of all -inf
             out = m + xp.log(s)
         ctx.axes, ctx.keepdims, ctx.softmax = axes, keepdims, e / xp.where(s > 0, s, 1)
         return out if keepdims else out.squeeze(axes)
@@ -113,11 +113,11 @@ class Prod(Function):
     @staticmethod
     def backward(ctx, grad):
         # y = prod_k a_k:  dy/da_j = (prod_{k<j} a_k) (prod_{k>j} a_k), the product of the others
-        xp, a, axes = get_array_module(grad), ctx.a, ctx.axes
+        a, axes = ctx.a, ctx.axes
         rest = tuple(i for i in range(a.ndim) if i not in axes)
         flat = a.transpose(rest + axes).reshape(tuple(a.shape[i] for i in rest) + (count(a.shape, axes),))
         before = _product_before(flat)                             # (..., n): prod_{k<j} a_k
-        after = xp.flip(_product_before(xp.flip(flat, -1)), -1)    # (..., n): prod_{k>j} a_k
+        after = _product_before(flat[..., ::-1])[..., ::-1]         # (..., n): prod_{k>j} a_k
         others = (before * after).reshape(tuple(a.shape[i] for i in rest + axes))
         return _keep_axes(grad, axes, ctx.keepdims) * others.transpose(numpy.argsort(rest + axes))
 
@@ -140,7 +140,7 @@ class Variance(Function):
         axes = normalize_axes(axis, a.ndim)
         n = count(a.shape, axes)
         divisor = max(n - correction, 0)
-        with quiet(xp):  # an empty axis (n = 0) or a divisor of 0: nan and inf are the answers
+        with quiet():  # an empty axis (n = 0) or a divisor of 0: nan and inf are the answers
             ctx.d = a - a.sum(axis=axes, keepdims=True) / n
             var = (ctx.d * ctx.d).sum(axis=axes, keepdims=True) / divisor
             out = xp.sqrt(var) if root else var
@@ -155,7 +155,7 @@ class Variance(Function):
         # choice: a constant slice has no slope to follow)
         xp = get_array_module(grad)
         grad = _keep_axes(grad, ctx.axes, ctx.keepdims)
-        with quiet(xp):
+        with quiet():
             if ctx.root:
                 scale = xp.where(ctx.out == 0, 0, 1 / (ctx.divisor * ctx.out))
             else:
@@ -174,5 +174,5 @@ class CumSum(Function):
     @staticmethod
     def backward(ctx, grad):
         # out[i] = sum_{j<=i} a[j]:  dL/da[j] = sum_{i>=j} g[i], a running sum from the end
-        xp = get_array_module(grad)
-        return xp.flip(xp.cumsum(xp.flip(grad, ctx.axis), axis=ctx.axis), ctx.axis)
+        backwards = (slice(None),) * (ctx.axis % grad.ndim) + (slice(None, None, -1),)
+        return grad[backwards].cumsum(axis=ctx.axis)[backwards]

@@ -7,7 +7,7 @@ element feeds several outputs (expand, take with repeated indices) the gradients
 import numpy
 
 from ..autograd import Function
-from ..backend import get_array_module
+from ..backend import get_array_module, move_array
 
 
 class Reshape(Function):
@@ -49,12 +49,27 @@ class Expand(Function):
         return grad
 
 
-def _index_arrays(index):
-    """Replace Tensors inside an index by their arrays."""
+def _index_arrays(index, xp):
+    """The index with Tensors replaced by their arrays and host index arrays copied to xp's
+    device (backward scatters with them there)."""
     from ..tensor import Tensor
     if isinstance(index, tuple):
-        return tuple(_index_arrays(i) for i in index)
-    return index.data if isinstance(index, Tensor) else index
+        return tuple(_index_arrays(i, xp) for i in index)
+    index = index.data if isinstance(index, Tensor) else index
+    return xp.asarray(index) if isinstance(index, numpy.ndarray) else index
+
+
+def check_index(shape, index):
+    """IndexError unless `index` fits an array of `shape`, checked on the host: NumPy indexes a
+    zero-stride stand-in of that shape (no memory) and raises where an index is out of range.
+    CuPy instead wraps out-of-range indices around silently. A device index array costs one
+    transfer to the host; host arrays, ints and slices cost nothing on the GPU."""
+    def host(i):
+        if isinstance(i, tuple):
+            return tuple(host(j) for j in i)
+        return move_array(i, "cpu") if hasattr(i, "shape") else i
+    probe = numpy.lib.stride_tricks.as_strided(numpy.zeros(1, bool), shape, (0,) * len(shape))
+    probe[host(index)]
 
 
 def _is_basic(index):
@@ -102,9 +117,11 @@ class GetItem(Function):
 
     @staticmethod
     def forward(ctx, a, index):
-        ctx.outer, ctx.inner = torch_order(_index_arrays(index))
+        index = _index_arrays(index, get_array_module(a))
+        ctx.outer, ctx.inner = torch_order(index)
         ctx.shape, ctx.dtype = a.shape, a.dtype
         try:
+            check_index(a.shape, index)
             return a[ctx.outer][ctx.inner]
         except IndexError as error:  # stays an IndexError: `for row in t` stops on it
             raise IndexError(f"index {index!r} does not fit shape {a.shape}: {error}") from None
@@ -121,6 +138,18 @@ class GetItem(Function):
         return da
 
 
+def check_range(indices, low, high, what, where=""):
+    """ValueError unless low <= indices < high. On the host for host arrays (free); a device
+    array costs one transfer, so the training step passes its ids and targets from the host."""
+    if not indices.size:
+        return
+    bounds = get_array_module(indices).stack([indices.min(), indices.max()])
+    smallest, largest = move_array(bounds, "cpu").tolist()
+    if smallest < low or largest >= high:
+        raise ValueError(f"{what} must lie in [{max(low, 0)}, {high}){where}, got values from "
+                         f"{smallest} to {largest}")
+
+
 class Take(Function):
     """Rows of `a` along `axis` picked by an integer array: the embedding lookup.
 
@@ -132,10 +161,9 @@ class Take(Function):
     def forward(ctx, a, indices, axis=0):
         xp = get_array_module(a)
         axis = axis % a.ndim
-        n = a.shape[axis]
-        if indices.size and (indices.min() < -n or indices.max() >= n):
-            raise ValueError(f"indices must lie in [0, {n}) for axis {axis} of shape {a.shape}, "
-                             f"got values from {int(indices.min())} to {int(indices.max())}")
+        check_range(indices, -a.shape[axis], a.shape[axis], "indices",
+                    f" for axis {axis} of shape {a.shape}")
+        indices = xp.asarray(indices)
         ctx.indices, ctx.axis, ctx.shape = indices, axis, a.shape
         return xp.take(a, indices, axis=axis)
 
@@ -186,6 +214,7 @@ class Gather(Function):
                                        if d != axis % a.ndim):
             raise ValueError(f"gather: index of shape {index.shape} does not fit input {a.shape} "
                              f"(same number of axes, no larger except along axis {axis})")
+        check_range(index, -a.shape[axis], a.shape[axis], "gather: index", f" for axis {axis} of {a.shape}")
         ctx.where, ctx.shape = along_axis(index, axis % a.ndim), a.shape
         return a[ctx.where]
 
