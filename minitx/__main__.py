@@ -5,12 +5,20 @@ non-zero exit, everything else in minitx.train / minitx.generate / minitx.experi
 """
 import argparse
 import sys
+import time
 import typing
 from dataclasses import fields
 
+if getattr(sys.modules[__spec__.parent], "__file__", None) is None:
+    # `python -m minitx` in a directory holding a folder named minitx (a checkout, say): Python
+    # takes that folder for the package, an empty "namespace package", and imports nothing of it
+    sys.exit(f"error: Python took the folder {list(sys.modules[__spec__.parent].__path__)[0]} for the "
+             "minitx package; run `python -m minitx` from another directory, or the `minitx` command")
+
 import numpy
 
-from . import backend, checkpoint, nn, use_fast_cpu_settings
+from . import backend, nn, use_fast_cpu_settings
+from .config_check import check_sampling
 from .train import PRESETS, TrainConfig, load_model, preset, train
 
 
@@ -46,11 +54,11 @@ def add_config_flags(parser):
 
 
 def config_from_args(args):
-    model_names = {f.name for f in fields(nn.TransformerConfig)}
+    own_names = {f.name for f in fields(TrainConfig)}  # vocab_size is TrainConfig's (BPE's size)
     overrides = {name: getattr(args, name) for name, _ in config_fields()
                  if getattr(args, name) is not None}
-    model = {k: v for k, v in overrides.items() if k in model_names}
-    own = {k: v for k, v in overrides.items() if k not in model_names}
+    model = {k: v for k, v in overrides.items() if k not in own_names}
+    own = {k: v for k, v in overrides.items() if k in own_names}
     return preset(args.preset, model=model, **own)
 
 
@@ -61,17 +69,38 @@ def cmd_train(args):
         raise KeyboardInterrupt
 
 
+def tokens_per_second(tokens):
+    started = time.perf_counter()
+    n = sum(1 for _ in tokens)
+    return n / (time.perf_counter() - started)
+
+
 def cmd_sample(args):
+    check_sampling(args.tokens, args.temperature, args.top_k)  # before the model is loaded
     model, tokenizer, meta = load_model(f"{args.run}/checkpoint.npz", args.device)
-    from .generate import generate
+    from .generate import SpeculationStats, generate
+    draft = None
+    if args.draft_run is not None:
+        draft, draft_tokenizer, _ = load_model(f"{args.draft_run}/checkpoint.npz", args.device)
+        if draft_tokenizer.to_dict() != tokenizer.to_dict():
+            raise ValueError(f"the draft run {args.draft_run} has another tokenizer than {args.run}")
     try:
         prompt = tokenizer.encode(args.prompt)
     except ValueError as error:
         raise ValueError(f"prompt: {error}") from None
-    rng = numpy.random.default_rng(args.seed)
+    sample = lambda **kw: generate(model, prompt, args.tokens, numpy.random.default_rng(args.seed),
+                                   args.temperature, args.top_k, use_cache=not args.no_cache, **kw)
+    stats = SpeculationStats()
     print(args.prompt, end="", flush=True)
-    stream(tokenizer, generate(model, prompt, args.tokens, rng, args.temperature, args.top_k,
-                               use_cache=not args.no_cache))
+    stream(tokenizer, sample(draft=draft, n_draft=args.n_draft, stats=stats))
+    if draft is not None:  # timed again, warm and not printing: the first run also compiled kernels
+        speculative = tokens_per_second(sample(draft=draft, n_draft=args.n_draft))
+        plain = tokens_per_second(sample())
+        print(f"speculative, {args.n_draft} drafts a round: acceptance rate "
+              f"{stats.acceptance_rate:.2f}, {stats.tokens_per_round:.2f} tokens per target pass, "
+              f"{speculative:.1f} tokens/s; "
+              f"plain cached decoding: {plain:.1f} tokens/s (speed-up {speculative / plain:.2f}x)",
+              file=sys.stderr)
 
 
 def stream(tokenizer, tokens, stop=None):
@@ -145,8 +174,17 @@ def cmd_experiment(args):
     experiments.run(args.name, args.out_dir, device=args.device, size=args.size)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a hint where a negative number was taken for a flag (`--lr -1e-3`)."""
+
+    def error(self, message):
+        if "expected one argument" in message:
+            message += " (a value that starts with '-' needs '=': --lr=-1e-3)"
+        super().error(message)
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m minitx", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m minitx", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a decoder-only model on a text corpus")
@@ -161,9 +199,12 @@ def build_parser():
     p.add_argument("--prompt", default="\n")
     p.add_argument("--tokens", type=int, default=500)
     p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=200)
+    p.add_argument("--top-k", type=_none_or(int), default=200, help="none: every token")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="re-run the whole context for every token")
+    p.add_argument("--draft-run", default=None, help="a smaller run with the same tokenizer: "
+                   "decode speculatively with it as the draft")
+    p.add_argument("--n-draft", type=int, default=4, help="tokens the draft proposes per round")
     p.add_argument("--device", default="cpu", choices=backend.DEVICES)
     p.set_defaults(handler=cmd_sample)
 
@@ -186,7 +227,9 @@ def build_parser():
     p.add_argument("--dtype", default="float32", choices=sorted(backend.DTYPES))
     p.set_defaults(handler=cmd_embed)
 
-    p = sub.add_parser("experiment", help="run one of the experiments (arch, chat-cache, scaling)")
+    p = sub.add_parser("experiment",
+                       help="run one of the experiments (arch, chat-cache, precision, scaling, "
+                            "speculative)")
     p.add_argument("name")
     p.add_argument("--out-dir", default=None)
     p.add_argument("--device", default="cpu", choices=backend.DEVICES)
@@ -200,8 +243,9 @@ def main(argv=None):
     use_fast_cpu_settings()
     try:
         args.handler(args)  # each command's function, set by its subparser
-    except (ValueError, RuntimeError, FileNotFoundError, FileExistsError, ModuleNotFoundError,
-            checkpoint.CheckpointError, FloatingPointError) as error:
+    # (CheckpointError and ConfigError are ValueErrors; FileNotFoundError, a full disk are OSErrors;
+    # ModuleNotFoundError: a published model's package or an extra is not installed)
+    except (ValueError, RuntimeError, OSError, ModuleNotFoundError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -9,12 +9,14 @@ Every op is a `Function` with two static methods on raw arrays:
 records a `Node` (the ctx) on the output tensor: which op made it, from which inputs.
 `backward(root)` walks those nodes from the root back to the leaves in reverse topological
 order, hands each node the gradient of its output, and sums what comes back per input.
+A node also records the version of each input tensor (tensor.py: the count of in-place
+changes), and backward refuses a node whose inputs or output changed since the forward pass.
 Broadcasting is undone here, once, for every op: a gradient that arrives in a broadcast shape
 is summed back to its input's shape by `unbroadcast`.
 """
 import numpy
 
-from . import backend
+from . import backend, precision
 
 _grad_enabled = True
 
@@ -47,7 +49,9 @@ class Node:
 
     `inputs` are the op's positional inputs (Tensors or constants), `needs_grad[i]` says whether
     input i wants a gradient, and forward may store anything else as attributes of ctx.
+    `policy` is the precision policy the op ran under (None: float32 as written).
     """
+    policy = None
 
     def __init__(self, fn, inputs, needs_grad):
         self.fn, self.inputs, self.needs_grad = fn, inputs, needs_grad
@@ -79,12 +83,35 @@ class Function:
             inputs = _on_one_device(cls, inputs)
         ctx = Node(cls, inputs, needs_grad)
         arrays = [x.data if isinstance(x, Tensor) else x for x in inputs]
+        policy = precision.current()
         try:
-            out = cls.forward(ctx, *arrays, **params)
+            if policy is None:
+                out = cls.forward(ctx, *arrays, **params)
+            else:  # rounds the inputs and the output (precision.py)
+                out = policy.forward(ctx, arrays, params)
         except ValueError as error:  # name the op and the shapes, whatever numpy said
             shapes = ", ".join(str(getattr(a, "shape", type(a).__name__)) for a in arrays)
             raise ValueError(f"{cls.__name__.lower()}: {error} (input shapes: {shapes})") from None
+        if record:
+            ctx.versions = _versions(inputs)
         return Tensor._make(out, record, ctx if record else None)
+
+
+def _versions(inputs):
+    return tuple(x._version if isinstance(x, Tensor) else None for x in inputs)
+
+
+def _check_unchanged(tensor, node):
+    """Refuse to back-propagate through `node` (which made `tensor`) if the op's inputs or its
+    output were changed in place after the forward pass: its saved values are stale."""
+    now = _versions(node.inputs)
+    if now == node.versions and tensor._version == 0:
+        return
+    changed = [f"input {i}" for i, (a, b) in enumerate(zip(node.versions, now)) if a != b]
+    changed += ["its output"] if tensor._version else []
+    raise RuntimeError(
+        f"backward through {node.fn.__name__.lower()}: {' and '.join(changed)} changed in place after "
+        "the forward pass (an optimizer step or an assignment to .data); run the forward pass again")
 
 
 def _on_one_device(fn, inputs):
@@ -170,7 +197,11 @@ def backward(root, grad, retain_graph=False):
             raise RuntimeError(
                 f"backward through the graph of a {node.fn.__name__.lower()} a second time: its saved "
                 "values were freed by the first backward; pass retain_graph=True to the first call")
-        input_grads = node.fn.backward(node, g)
+        _check_unchanged(tensor, node)
+        if node.policy is None:
+            input_grads = node.fn.backward(node, g)
+        else:  # rounds the incoming gradient and the ones returned (precision.py)
+            input_grads = node.policy.backward(node, g)
         if not isinstance(input_grads, tuple):
             input_grads = (input_grads,)
         for x, needs, gx in zip(node.inputs, node.needs_grad, input_grads):

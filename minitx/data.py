@@ -35,6 +35,8 @@ def read_corpus(path):
         data = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"corpus file not found: {path}") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"corpus {path} is a directory: --data takes a UTF-8 text file") from None
     if not data:
         raise ValueError(f"corpus file {path} is empty")
     try:

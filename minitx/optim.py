@@ -1,7 +1,9 @@
 """Optimizers, learning-rate schedules and gradient clipping.
 
 An optimizer holds references to the parameters and, per parameter, whatever state its update
-rule needs (momentum, Adam's moment estimates). `step()` updates `p.data` in place from `p.grad`.
+rule needs (momentum, Adam's moment estimates). `step()` updates `p.data` in place from `p.grad`;
+each `p.data -= ...` is an assignment to `.data`, so it counts as a new version of p and a graph
+built from the old values refuses to run backward (tensor.py).
 """
 import math
 

@@ -3,6 +3,12 @@
 A tensor made by the user is a *leaf*: `_node` is None and `backward()` accumulates into its
 `.grad`. A tensor made by an op carries the op's `Node` (see autograd.py), which links it to the
 op's inputs; following those links backwards is what `backward()` does.
+
+`_version` counts the changes made to a tensor in place: every assignment to `.data`, which is
+also how `p.data -= update` (the optimizers) and `module.load_state_dict` write. An op records
+its inputs' versions, and backward refuses to run it once one has changed: its gradient would
+silently mix the old values with the new. (Writing into the array itself, `t.data[0] = 1`,
+bypasses the count.)
 """
 import numpy
 
@@ -13,7 +19,7 @@ _INDEX_DTYPES = ("int64", "int32", "int16", "int8", "uint64", "uint32", "uint16"
 
 
 class Tensor:
-    __slots__ = ("data", "requires_grad", "grad", "_node", "__weakref__")
+    __slots__ = ("_data", "_version", "requires_grad", "grad", "_node", "__weakref__")
 
     def __init__(self, data, requires_grad=False, dtype=None, device=None):
         """Make a leaf tensor from a Python number, list, NumPy or CuPy array, or another Tensor.
@@ -36,7 +42,8 @@ class Tensor:
             raise ValueError(f"cannot make a tensor of dtype {data.dtype}")
         if requires_grad and data.dtype.kind != "f":
             raise ValueError(f"only floating tensors can require gradients, not {data.dtype}")
-        self.data, self.requires_grad, self.grad, self._node = data, bool(requires_grad), None, None
+        self._data, self._version = data, 0
+        self.requires_grad, self.grad, self._node = bool(requires_grad), None, None
 
     @classmethod
     def _make(cls, data, requires_grad, node):
@@ -44,8 +51,18 @@ class Tensor:
         t = object.__new__(cls)
         if type(data) is not numpy.ndarray and isinstance(data, numpy.generic):
             data = numpy.asarray(data)  # NumPy reductions return scalars; keep arrays throughout
-        t.data, t.requires_grad, t.grad, t._node = data, requires_grad, None, node
+        t._data, t._version, t.requires_grad, t.grad, t._node = data, 0, requires_grad, None, node
         return t
+
+    @property
+    def data(self):
+        """The array (numpy.ndarray or cupy.ndarray) holding the values."""
+        return self._data
+
+    @data.setter
+    def data(self, array):
+        self._data = array
+        self._version += 1  # the graph of any op that took this tensor is out of date
 
     # --- what a tensor is ---------------------------------------------------------------------
     shape = property(lambda self: self.data.shape)

@@ -5,13 +5,17 @@
         x, y = a random batch of windows       (data.get_batch)
         loss = cross_entropy(model(x), y)
         loss.backward(); clip the gradient norm; AdamW step
+        (--precision bf16|fp16: the forward and backward in a short format, the weights, their
+         gradients and AdamW in float32; fp16 scales the loss and skips steps whose gradients
+         overflow: see precision.py)
         every eval_interval steps: estimate train/val loss, write a checkpoint
 Everything a run needs to continue exactly (weights, optimizer moments, step, both random
-generators) goes into the checkpoint, so `--resume` picks up where it stopped, and Ctrl-C
-finishes the current step and saves before exiting.
+generators) goes into the checkpoint, so `--resume` picks up where it stopped, and Ctrl-C or
+SIGTERM finishes the current step and saves before exiting.
 """
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -20,8 +24,9 @@ from typing import Optional
 
 import numpy
 
-from . import backend, checkpoint, data, nn, random
+from . import backend, checkpoint, data, nn, precision, random
 from .autograd import no_grad
+from .config_check import check_train_config
 from .generate import generate
 from .optim import AdamW, clip_grad_norm, cosine_schedule
 from .tokenizer import Tokenizer
@@ -53,6 +58,8 @@ class TrainConfig:
     seed: int = 1337
     device: str = "cpu"
     dtype: str = "float32"
+    precision: str = "fp32"          # "fp32" | "bf16" | "fp16": the format of the forward and backward
+    loss_scale: float = 2.0 ** 16    # fp16: initial dynamic loss scale (precision.LossScaler); 0 = none
 
 
 # what a checkpoint must agree on to resume into a run: these fields of the TrainConfig, and every
@@ -86,22 +93,60 @@ def build_model(cfg, vocab_size):
 
 
 class Run:
-    """A run directory: checkpoint.npz, metrics.jsonl, loss.png."""
+    """A run directory: checkpoint.npz, metrics.jsonl, loss.png, summary.json."""
 
     def __init__(self, out_dir):
         self.dir = Path(out_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint = self.dir / "checkpoint.npz"
         self.metrics = self.dir / "metrics.jsonl"
+
+    def open(self, resume):
+        """Make the directory and prove it writable, before any data is prepared; refuse to start
+        a fresh run over the files of another one (its metrics would be appended to)."""
+        if self.dir.exists() and not self.dir.is_dir():
+            raise NotADirectoryError(f"--out-dir {self.dir} is a file, not a directory")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise OSError(f"cannot write to --out-dir {self.dir}: {error.strerror or error}") from None
+        if resume:
+            if not self.checkpoint.exists():
+                raise FileNotFoundError(f"no checkpoint to resume in {self.dir}: "
+                                        "train without --resume to start this run")
+            return
+        earlier = [f.name for f in (self.checkpoint, self.metrics, self.dir / "summary.json") if f.exists()]
+        if earlier:
+            raise FileExistsError(f"{self.dir} holds another run ({', '.join(earlier)}): pass --resume "
+                                  "to continue it, or choose another --out-dir")
 
     def log(self, record):
         with open(self.metrics, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def records(self):
+        """The logged records; a last line cut short by a crash mid-write is dropped, any other
+        damaged line is an error naming the file and the line."""
         if not self.metrics.exists():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        lines = self.metrics.read_text(errors="replace").splitlines()
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if not (isinstance(record, dict) and isinstance(record.get("step"), int)):
+                if number == len(lines):
+                    break
+                raise ValueError(f"{self.metrics}, line {number}, is not a record of this run: "
+                                 "repair or delete that line to resume")
+            records.append(record)
+        return records
 
     def truncate_after(self, step):
         """Forget what was logged after the checkpoint a resumed run starts from (the resumed run
@@ -110,7 +155,7 @@ class Run:
         self.metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
-def save_state(run, cfg, model, opt, tokenizer, step, batch_rng):
+def save_state(run, cfg, model, opt, tokenizer, step, batch_rng, scaler=None):
     arrays = {f"model/{name}": a for name, a in model.state_dict().items()}
     optim = opt.state_dict()
     for i, state in enumerate(optim.pop("state")):
@@ -118,24 +163,23 @@ def save_state(run, cfg, model, opt, tokenizer, step, batch_rng):
     checkpoint.save(run.checkpoint, arrays, {
         "step": step, "config": asdict(cfg), "model_config": asdict(model.config),
         "tokenizer": tokenizer.to_dict(), "optimizer": optim,
+        "loss_scaler": scaler.state_dict() if scaler else None,
         "rng": {"batches": batch_rng.bit_generator.state, "minitx": random.get_rng_state()}})
 
 
 def load_model(path, device="cpu"):
     """(model, tokenizer, meta) from a checkpoint file, ready for sampling."""
-    meta, arrays = checkpoint.load(path)
+    meta, arrays = checkpoint.read_run(path)
     with backend.default_device_as(device):
         model = nn.DecoderOnly(nn.TransformerConfig.from_dict(meta["model_config"]))
-    try:
-        model.load_state_dict(checkpoint.split_prefix(arrays, "model/"))
-    except ValueError as error:
-        raise checkpoint.CheckpointError(f"checkpoint {path} does not fit its own config: {error}")
+    model.load_state_dict(checkpoint.split_prefix(arrays, "model/"))
     return model, Tokenizer.from_dict(meta["tokenizer"]), meta
 
 
-def _restore(run, cfg, model, opt, batch_rng):
-    """Load the run's checkpoint into model, optimizer and generators; returns its step."""
-    meta, arrays = checkpoint.load(run.checkpoint)
+def _restore(saved, run, cfg, model, opt, batch_rng, scaler=None):
+    """Load the checkpoint `saved` (checkpoint.read_run's (meta, arrays)) into model, optimizer
+    and generators, if it comes from this config; returns its step."""
+    meta, arrays = saved
     pairs = [(meta["config"], cfg, DATA_FIELDS),
              (meta["model_config"], model.config,
               [f.name for f in fields(model.config) if f.name not in FREE_MODEL_FIELDS])]
@@ -150,6 +194,8 @@ def _restore(run, cfg, model, opt, batch_rng):
     opt.load_state_dict(optim)
     batch_rng.bit_generator.state = meta["rng"]["batches"]
     random.set_rng_state(meta["rng"]["minitx"])
+    if scaler and meta.get("loss_scaler"):
+        scaler.load_state_dict(meta["loss_scaler"])
     return meta["step"]
 
 
@@ -172,11 +218,13 @@ def estimate_loss(model, tokens, cfg, n_batches=None, seed=0):
 
 
 class _DeferredInterrupt:
-    """Turn the first Ctrl-C into a flag checked between steps (a second one stops at once)."""
+    """Turn the first Ctrl-C (SIGINT) or SIGTERM (what schedulers and `docker stop` send) into a
+    flag checked between steps; a second signal stops at once."""
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self):
         self.requested = False
-        self.previous = signal.signal(signal.SIGINT, self._handler)
+        self.previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
         return self
 
     def _handler(self, signum, frame):
@@ -185,19 +233,21 @@ class _DeferredInterrupt:
         self.requested = True
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def train(cfg, resume=False, progress=True, say=print):
     """Train per `cfg`; returns a summary dict (losses, timings, sample). See the module docstring."""
+    check_train_config(cfg)
     backend.check_device(cfg.device)
+    policy = precision.make_policy(cfg.precision)
     run = Run(cfg.out_dir)
-    if run.checkpoint.exists() and not resume:
-        raise FileExistsError(f"{run.checkpoint} exists: pass --resume to continue that run, "
-                              "or choose another --out-dir")
+    run.open(resume)
     tokenizer = cfg.tokenizer
     if resume:
-        tokenizer = Tokenizer.from_dict(checkpoint.load(run.checkpoint)[0]["tokenizer"])
+        saved = checkpoint.read_run(run.checkpoint)  # checked whole before data or model are made
+        tokenizer = Tokenizer.from_dict(saved[0]["tokenizer"])
     tokenizer, train_tokens, val_tokens = data.prepare(cfg.data, tokenizer, cfg.vocab_size)
     block_size = cfg.model.block_size
     for name, split in (("training", train_tokens), ("validation", val_tokens)):
@@ -209,7 +259,8 @@ def train(cfg, resume=False, progress=True, say=print):
     model = build_model(cfg, tokenizer.vocab_size)
     opt = AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     batch_rng = numpy.random.default_rng(cfg.seed)
-    step = _restore(run, cfg, model, opt, batch_rng) if resume else 0
+    scaler = precision.LossScaler(cfg.loss_scale) if cfg.precision == "fp16" and cfg.loss_scale else None
+    step = _restore(saved, run, cfg, model, opt, batch_rng, scaler) if resume else 0
     if resume:
         run.truncate_after(step)
         say(f"resuming {run.checkpoint} at step {step}")
@@ -221,47 +272,56 @@ def train(cfg, resume=False, progress=True, say=print):
 
     bar = _progress(cfg.max_iters, step, progress)
     tokens_per_step = cfg.batch_size * block_size
-    started, interrupted = time.perf_counter(), False
+    started, first_step, interrupted = time.perf_counter(), step, False
     step_times = []
     with _DeferredInterrupt() as interrupt:
         while step < cfg.max_iters and not interrupt.requested:
             if step % cfg.eval_interval == 0:
                 _evaluate(run, cfg, model, train_tokens, val_tokens, step, say if not progress else bar.write)
-                save_state(run, cfg, model, opt, tokenizer, step, batch_rng)
+                save_state(run, cfg, model, opt, tokenizer, step, batch_rng, scaler)
             t0 = time.perf_counter()
             opt.lr = cosine_schedule(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup_iters,
                                      total=cfg.max_iters)
             x, y = data.get_batch(train_tokens, cfg.batch_size, block_size, batch_rng)
-            loss = model(x, y)[1]
+            with precision.autocast(policy):
+                loss = model(x, y)[1]
             opt.zero_grad()
-            loss.backward()
-            grad_norm = clip_grad_norm(model.parameters(), cfg.grad_clip) if cfg.grad_clip else None
-            opt.step()
+            if scaler is None:
+                loss.backward()
+                finite = True
+            else:  # a step whose scaled gradients overflowed is skipped
+                finite = scaler.backward(loss, opt.params)
+            grad_norm = (clip_grad_norm(model.parameters(), cfg.grad_clip)
+                         if cfg.grad_clip and finite else None)
+            if finite:
+                opt.step()
             # the step's one wait for the GPU (so the step time below is real)
             loss, grad_norm = _host_floats(loss, grad_norm)
             dt = time.perf_counter() - t0
             step += 1
             step_times.append(dt)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss} at step {step}; try a lower --lr")
-            run.log({"step": step, "loss": loss, "lr": opt.lr, "grad_norm": grad_norm, "ms": 1e3 * dt})
+            _stop_if_not_finite(loss, grad_norm, step)
+            record = {"step": step, "loss": loss, "lr": opt.lr, "grad_norm": grad_norm, "ms": 1e3 * dt}
+            if scaler:
+                record.update(loss_scale=scaler.scale, skipped=scaler.skipped)
+            run.log(record)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_step / dt:,.0f}")
         interrupted = interrupt.requested
     bar.close()
-    save_state(run, cfg, model, opt, tokenizer, step, batch_rng)
+    save_state(run, cfg, model, opt, tokenizer, step, batch_rng, scaler)
     if interrupted:
         say(f"interrupted at step {step}: checkpoint saved to {run.checkpoint}; "
             "continue with --resume")
         return {"interrupted": True, "step": step}
 
-    summary = {"step": step, "wall_s": time.perf_counter() - started,
+    summary = {"step": step, "steps_run": step - first_step, "wall_s": time.perf_counter() - started,
                "ms_per_iter": 1e3 * float(numpy.median(step_times)) if step_times else None,
                "n_params": n_params, "flops_per_token": flops_per_token}
     summary.update(_evaluate(run, cfg, model, train_tokens, val_tokens, step, say,
                              full=cfg.full_eval))
     if summary["ms_per_iter"]:
-        say(f"{step} iterations in {summary['wall_s']:.1f} s, {summary['ms_per_iter']:.1f} ms/iter "
+        say(f"{summary['steps_run']} iterations in {summary['wall_s']:.1f} s, {summary['ms_per_iter']:.1f} ms/iter "
             f"(median), {flops_per_token * tokens_per_step / summary['ms_per_iter'] / 1e6:.2f} GFLOP/s")
     plot_losses(run)
     if cfg.sample_tokens:
@@ -281,6 +341,16 @@ def _host_floats(*scalars):
     xp = backend.get_array_module(*arrays)
     values = iter(backend.move_array(xp.stack([a.astype(xp.float64) for a in arrays]), "cpu").tolist())
     return tuple(None if s is None else next(values) for s in scalars)
+
+
+def _stop_if_not_finite(loss, grad_norm, step):
+    """A NaN or infinite loss or gradient norm ends the run before anything is saved (the
+    checkpoint of the last evaluation stays as it was): training on would spread it into every
+    weight."""
+    for name, value in (("loss", loss), ("gradient norm", grad_norm)):
+        if value is not None and not math.isfinite(value):
+            raise FloatingPointError(f"the {name} became {value} at step {step}; the last checkpoint "
+                                     "is intact: try a lower --lr or a --grad-clip")
 
 
 def _evaluate(run, cfg, model, train_tokens, val_tokens, step, say, full=False):

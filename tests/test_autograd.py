@@ -225,3 +225,47 @@ def test_gpt_backward_runs_only_engine_ops_and_kernels():
                and not f.startswith(("ops/", "kernels/"))}
     assert outside == set()
     assert {"autograd.py", "ops/fused.py", "ops/einsum.py", "kernels/__init__.py"} <= ran
+
+
+# --- in-place changes between forward and backward ---------------------------------------------
+def test_an_optimizer_step_before_backward_is_refused_naming_the_op():
+    w = mx.randn(3, 2, requires_grad=True, dtype="float64")
+    x = mx.randn(4, 3, dtype="float64")
+    loss = mx.einsum("nd,dk->nk", x, w).tanh().sum()
+    (w * 1.0).sum().backward()       # a first gradient, so the optimizer has one to apply
+    mx.optim.SGD([w], lr=0.1).step()  # w changes while `loss`'s graph still holds its old value
+    with pytest.raises(RuntimeError, match=r"backward through einsum: input 1 changed in place"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("change", ["assign", "augmented"])
+def test_changing_data_before_backward_is_refused(change):
+    x = mx.tensor([1.0, 2.0], requires_grad=True, dtype="float64")
+    y = x * x
+    if change == "assign":
+        x.data = np.array([5.0, 5.0])
+    else:
+        x.data += 1
+    with pytest.raises(RuntimeError, match="backward through mul: input 0 and input 1 changed"):
+        y.sum().backward()
+
+
+def test_a_changed_output_is_refused_and_unchanged_graphs_run():
+    x = mx.tensor([1.0, 2.0], requires_grad=True, dtype="float64")
+    y = x.exp()          # exp's backward reads its output
+    y.data *= 2
+    with pytest.raises(RuntimeError, match="changed in place"):
+        y.backward(np.ones(2))
+    x.data = x.data * 3  # before the forward pass: nothing to refuse
+    x.exp().sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), np.exp([3.0, 6.0]))
+
+
+def test_every_change_through_data_counts_a_version():
+    p = mx.nn.Parameter(np.zeros((2, 2)))
+    assert p._version == 0
+    p.grad = mx.ones(2, 2)
+    opt = mx.optim.AdamW([p], lr=0.1)
+    opt.step()           # weight decay and the update: two in-place changes
+    p.data = np.ones((2, 2))
+    assert p._version == 3

@@ -8,7 +8,7 @@ import pytest
 
 from minitx import experiments
 from minitx.__main__ import main
-from minitx.experiments import chat_cache, report, scaling
+from minitx.experiments import chat_cache, precision, report, scaling, speculative
 from minitx.kernels.reference import visibility_mask
 
 
@@ -23,7 +23,7 @@ def run_toy(name, tmp_path, pngs):
 
 
 def test_unknown_experiment_is_a_value_error_naming_the_experiments(tmp_path, capsys):
-    with pytest.raises(ValueError, match="arch, chat-cache, scaling"):
+    with pytest.raises(ValueError, match="arch, chat-cache, precision, scaling, speculative"):
         experiments.run("nope", tmp_path)
     assert main(["experiment", "nope", "--out-dir", str(tmp_path)]) == 1
     assert "unknown experiment 'nope'" in capsys.readouterr().err
@@ -90,6 +90,43 @@ def test_scaling_toy(tmp_path):
     fit = saved["fit"]
     assert fit["b"] > 0 and fit["a"] > 0 and 0 <= fit["c"] < min(r["val_loss"] for r in front)
     assert (tmp_path / "models" / saved["runs"][0]["name"] / "checkpoint.npz").exists()
+
+
+def test_precision_toy(tmp_path):
+    saved, _ = run_toy("precision", tmp_path, ["precision.png"])
+    runs = saved["runs"]
+    assert list(runs) == list(precision.RUNS)
+    for r in runs.values():
+        assert len(r["curve"]) == saved["settings"]["steps"] and r["val_loss"] < 4.2
+    assert runs["fp16, loss scaling"]["final_scale"] >= 1 and "skipped" not in runs["fp16, no loss scaling"]
+    c = saved["census"]
+    assert c["n_gradients"] > 10_000
+    for fate in (c["unscaled"], c["scaled"]):
+        assert sum(fate.values()) == pytest.approx(1)
+    # scaling moves gradients out of float16's underflow
+    assert c["scaled"]["zero"] < c["unscaled"]["zero"] and c["scaled"]["subnormal"] < c["unscaled"]["subnormal"]
+
+
+def test_fp16_fate_counts_at_the_float16_limits():
+    g = numpy.float32([2 ** -26, 2 ** -25, 1.01 * 2 ** -25, 2 ** -15, 2 ** -14, 65504, 65520, 0])
+    assert precision.fp16_fate(g) == {"zero": 2 / 7, "subnormal": 2 / 7, "overflow": 1 / 7, "normal": 2 / 7}
+    assert precision.fp16_fate(g, 2.0 ** 4)["zero"] == 0
+
+
+def test_speculative_toy_trains_its_models_then_reuses_them(tmp_path):
+    saved, _ = run_toy("speculative", tmp_path, ["speculative.png"])
+    s = saved["settings"]
+    assert saved["n_params"]["target"] > 2 * saved["n_params"]["draft"]
+    assert 0 < saved["cost"]["c"] and len(saved["cost"]["v"]) == len(s["ks"])
+    for entry in saved["temperatures"].values():
+        assert [r["k"] for r in entry["by_k"]] == s["ks"]
+        for r in entry["by_k"]:
+            assert 0 <= r["acceptance_rate"] <= 1 and 1 <= r["tokens_per_round"] <= r["k"] + 1
+            assert r["speedup"] > 0 and r["predicted_speedup"] > 0
+    assert saved["reused"] == {"draft": False, "target": False}
+    model, _, reused = speculative.train_or_reuse(tmp_path, "draft", s["draft"],
+                                                  speculative.SIZES["toy"], "cpu")
+    assert reused and model.n_params() == saved["n_params"]["draft"]
 
 
 def test_power_law_fit_recovers_known_parameters():

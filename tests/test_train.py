@@ -94,14 +94,14 @@ def test_corrupted_checkpoint_and_other_config_are_refused(corpus, tmp_path, cap
                  "--resume", *TINY, "--n-layer", "2"]) == 1
     assert "another config: n_layer=1 (this run: 2)" in capsys.readouterr().err
     assert main(["train", "--data", str(corpus), "--out-dir", str(out), "--max-iters", "5", *TINY]) == 1
-    assert "exists: pass --resume" in capsys.readouterr().err
+    assert "holds another run" in capsys.readouterr().err
 
     ckpt = out / "checkpoint.npz"
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     assert main(["sample", "--run", str(out), "--tokens", "5"]) == 1
-    assert "corrupted or truncated" in capsys.readouterr().err
+    assert "or is truncated" in capsys.readouterr().err
     assert main(["train", "--data", str(corpus), "--out-dir", str(out), "--resume", *TINY]) == 1
-    assert "corrupted or truncated" in capsys.readouterr().err
+    assert "or is truncated" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("problem, args, message", [
@@ -151,6 +151,7 @@ def test_every_model_field_is_a_flag():
     cfg = config_from_args(args)
     assert (cfg.model.window, cfg.model.norm_first, cfg.model.d_ff) == (8, False, 24)
     assert (cfg.model.kernels, cfg.model.n_layer, cfg.lr) == ("reference", 2, 0.5)
+    assert config_from_args(build_parser().parse_args(["train", "--vocab-size", "300"])).vocab_size == 300
     assert config_from_args(build_parser().parse_args(["train"])).model == nn.TransformerConfig()
 
 

@@ -3,8 +3,12 @@
     arch        encoder-decoder to decoder-only, one switch at a time, on two seq2seq tasks
     chat-cache  a growing conversation: a causal model keeping its KV cache across turns against
                 a model that attends bidirectionally over the history and re-reads it every turn
+    precision   the CPU preset trained in float32, bfloat16, float16 without and with loss scaling;
+                gradient magnitudes against float16's underflow
     scaling     validation loss of decoder-only models of several sizes and token budgets
                 against compute, the compute-efficient frontier and a power-law fit
+    speculative a small draft model proposing k tokens for a larger target to verify: acceptance
+                rate and wall-clock speed-up over plain cached decoding for k = 1 .. 8
 
 Each writes report.md, results.json (every number) and PNG plots into its run directory.
 Sizes: "toy" (seconds, for tests), "default" (minutes on a laptop CPU), "large" (for a GPU).
@@ -13,9 +17,10 @@ from pathlib import Path
 
 from ..backend import check_device
 
-from . import arch, chat_cache, scaling
+from . import arch, chat_cache, precision, scaling, speculative
 
-EXPERIMENTS = {"arch": arch.run, "chat-cache": chat_cache.run, "scaling": scaling.run}
+EXPERIMENTS = {"arch": arch.run, "chat-cache": chat_cache.run, "precision": precision.run,
+               "scaling": scaling.run, "speculative": speculative.run}
 SIZES = ("toy", "default", "large")
 
 

@@ -50,6 +50,16 @@ class KVCache:
         self._entries[key] = (kbuf, vbuf, n + new)
         return Tensor._make(kbuf[:, :, :n + new], False, None), Tensor._make(vbuf[:, :, :n + new], False, None)
 
+    def truncate(self, n):
+        """Forget every token after the first n, as if only they had been processed: the buffers
+        stay, and the next update writes over the forgotten positions (speculative decoding rolls
+        back rejected draft tokens this way). Cross-attention keys and values are kept."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"can only truncate to 0..{self.length} tokens, got {n}")
+        self.length = n
+        self._entries = {key: (entry[0], entry[1], min(entry[2], n)) if len(entry) == 3 else entry
+                         for key, entry in self._entries.items()}
+
     def get_static(self, key):
         return self._entries.get(key)
 

@@ -15,12 +15,21 @@ from typing import Optional
 
 from .. import ops
 from ..backend import array_module, device_of, get_array_module
+from ..config_check import UNIT_INTERVAL, above, at_least, check, one_of, require
+from ..kernels import KERNELS
 from ..ops.shape import check_range
 from ..tensor import Tensor, as_array
 from .attention import KVCache, MultiHeadAttention
 from .layers import MLP, NORMS, Dropout, Embedding, Linear, residual_std
 from .module import Module
 from .positions import POSITIONS, make_positions
+
+
+MODEL_RULES = {name: at_least(1) for name in ("vocab_size", "block_size", "n_layer", "n_head",
+                                              "n_kv_head", "d_model", "d_ff", "window")}
+MODEL_RULES.update(dropout=UNIT_INTERVAL, norm=one_of(*NORMS), pos=one_of(*POSITIONS),
+                   mlp=one_of("gelu", "swiglu"), kernels=one_of(*KERNELS), norm_eps=above(0),
+                   gelu=one_of("tanh", "none"), rope_base=above(0), n_token_types=at_least(0))
 
 
 @dataclass
@@ -49,21 +58,11 @@ class TransformerConfig:
     tied_output: bool = True       # output layer = the token embedding; False = a Linear of its own
 
     def __post_init__(self):
-        checks = [
-            (self.d_model % self.n_head == 0, f"d_model={self.d_model} is not divisible by n_head={self.n_head}"),
-            (self.n_head % (self.n_kv_head or self.n_head) == 0,
-             f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}"),
-            (self.norm in NORMS, f"unknown norm {self.norm!r}: expected one of {sorted(NORMS)}"),
-            (self.pos in POSITIONS, f"unknown pos {self.pos!r}: expected one of {list(POSITIONS)}"),
-            (self.mlp in ("gelu", "swiglu"), f"unknown mlp {self.mlp!r}: expected 'gelu' or 'swiglu'"),
-            (self.gelu in ("tanh", "none"), f"unknown gelu {self.gelu!r}: expected 'tanh' or 'none'"),
-            (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
-            (min(self.vocab_size, self.block_size, self.n_layer, self.d_model) > 0,
-             "vocab_size, block_size, n_layer and d_model must be positive"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        check(self, MODEL_RULES)
+        require(self.d_model % self.n_head == 0,
+                f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
+        require(self.n_head % (self.n_kv_head or self.n_head) == 0,
+                f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}")
 
     @classmethod
     def from_dict(cls, d):
