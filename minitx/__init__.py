@@ -11,10 +11,12 @@ from . import backend, kernels
 from .autograd import Function, is_grad_enabled, no_grad
 from .backend import cuda_available, default_device, set_default_device
 from .gradcheck import GradcheckError, gradcheck
-from .ops import (abs, broadcast_to, concatenate, cross_entropy, dropout, einsum, exp, expand, gelu,
-                  layer_norm, log, log_softmax, logsumexp, masked_fill, matmul, max, mean, min,
-                  permute, relu, reshape, rms_norm, sigmoid, softmax, split, sqrt, stack, sum, take,
-                  tanh, transpose, unsqueeze, var, where)
+from .ops import (abs, argmax, argmin, broadcast_to, chunk, clip, concatenate, cos, cross_entropy,
+                  cumsum, dropout, einsum, erf, exp, expand, flatten, flip, gather, gelu, layer_norm,
+                  leaky_relu, log, log_softmax, logsumexp, masked_fill, matmul, max, maximum, mean,
+                  min, minimum, pad, permute, prod, relu, repeat, reshape, rms_norm, rsqrt, sigmoid,
+                  sign, silu, sin, softmax, softplus, split, sqrt, squeeze, stack, std, sum, take,
+                  tanh, transpose, tril, triu, unsqueeze, var, where)
 from .random import get_rng_state, manual_seed, set_rng_state
 from . import nn, optim
 from .tensor import Tensor, arange, ones, ones_like, rand, randn, tensor, zeros, zeros_like

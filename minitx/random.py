@@ -35,6 +35,12 @@ def uniform_array(shape, dtype, device):
     return generator(device).random(shape, dtype=dtype)
 
 
+def random_seed():
+    """A fresh integer in [0, 2^63) from the CPU generator: the seed of a counter-based stream
+    (the attention-dropout mask, recomputed from it in backward)."""
+    return int(generator("cpu").integers(0, 2**63))
+
+
 def get_rng_state():
     """The generators' states as plain JSON-serialisable data (for checkpoints).
 

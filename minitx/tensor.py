@@ -132,16 +132,16 @@ class Tensor:
         autograd.backward(self, grad, retain_graph)
 
     # --- operators ------------------------------------------------------------------------------
-    def __add__(self, other): return ops.add(self, other)
-    def __radd__(self, other): return ops.add(other, self)
-    def __sub__(self, other): return ops.sub(self, other)
-    def __rsub__(self, other): return ops.sub(other, self)
-    def __mul__(self, other): return ops.mul(self, other)
-    def __rmul__(self, other): return ops.mul(other, self)
-    def __truediv__(self, other): return ops.div(self, other)
-    def __rtruediv__(self, other): return ops.div(other, self)
-    def __pow__(self, other): return ops.pow(self, other)
-    def __rpow__(self, other): return ops.pow(other, self)
+    def __add__(self, other): return ops.add(self, _operand(other))
+    def __radd__(self, other): return ops.add(_operand(other), self)
+    def __sub__(self, other): return ops.sub(self, _operand(other))
+    def __rsub__(self, other): return ops.sub(_operand(other), self)
+    def __mul__(self, other): return ops.mul(self, _operand(other))
+    def __rmul__(self, other): return ops.mul(_operand(other), self)
+    def __truediv__(self, other): return ops.div(self, _operand(other))
+    def __rtruediv__(self, other): return ops.div(_operand(other), self)
+    def __pow__(self, other): return ops.pow(self, _operand(other))
+    def __rpow__(self, other): return ops.pow(_operand(other), self)
     def __matmul__(self, other): return ops.matmul(self, other)
     def __rmatmul__(self, other): return ops.matmul(other, self)
     def __neg__(self): return ops.neg(self)
@@ -156,31 +156,78 @@ class Tensor:
     def __ne__(self, other): return _compare(numpy.not_equal, self, other)
     __hash__ = object.__hash__
 
-    # --- methods that forward to ops (see ops/ for what each does) ------------------------------
+    # --- NumPy and Python protocols -------------------------------------------------------------
+    # NumPy's operators step aside, so numpy.ones(3) * t and numpy.float64(2) * t call t.__rmul__
+    # and give a Tensor in the graph, not an object array
+    __array_ufunc__ = None
+
+    def __array__(self, dtype=None, copy=None):
+        """numpy.asarray(t): the data of a CPU tensor (a GPU tensor needs an explicit .numpy())."""
+        if self.device != "cpu":
+            raise TypeError(f"cannot convert a tensor on {self.device!r} to a NumPy array "
+                            "implicitly; call .numpy() to copy it to the host")
+        return self.data if dtype is None else self.data.astype(dtype)
+
+    def __iter__(self):
+        """Rows along the first axis (list(t), for row in t), each a tensor in the graph."""
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(len(self)))
+
+    # --- methods that forward to ops (see ops/ for what each does and its arguments) -------------
     def exp(self): return ops.exp(self)
     def log(self): return ops.log(self)
     def sqrt(self): return ops.sqrt(self)
+    def rsqrt(self): return ops.rsqrt(self)
     def abs(self): return ops.abs(self)
+    def sign(self): return ops.sign(self)
+    def sin(self): return ops.sin(self)
+    def cos(self): return ops.cos(self)
+    def erf(self): return ops.erf(self)
     def tanh(self): return ops.tanh(self)
     def sigmoid(self): return ops.sigmoid(self)
     def relu(self): return ops.relu(self)
     def gelu(self, approximate="none"): return ops.gelu(self, approximate)
-    def sum(self, axis=None, keepdims=False): return ops.sum(self, axis, keepdims)
-    def mean(self, axis=None, keepdims=False): return ops.mean(self, axis, keepdims)
-    def var(self, axis=None, keepdims=False, ddof=0): return ops.var(self, axis, keepdims, ddof)
-    def max(self, axis=None, keepdims=False): return ops.max(self, axis, keepdims)
-    def min(self, axis=None, keepdims=False): return ops.min(self, axis, keepdims)
-    def logsumexp(self, axis=-1, keepdims=False): return ops.logsumexp(self, axis, keepdims)
-    def softmax(self, axis=-1): return ops.softmax(self, axis)
-    def log_softmax(self, axis=-1): return ops.log_softmax(self, axis)
+    def maximum(self, other): return ops.maximum(self, other)
+    def minimum(self, other): return ops.minimum(self, other)
+    def clip(self, min=None, max=None): return ops.clip(self, min, max)
+    def sum(self, *args, **kwargs): return ops.sum(self, *args, **kwargs)
+    def prod(self, *args, **kwargs): return ops.prod(self, *args, **kwargs)
+    def mean(self, *args, **kwargs): return ops.mean(self, *args, **kwargs)
+    def var(self, *args, **kwargs): return ops.var(self, *args, **kwargs)
+    def std(self, *args, **kwargs): return ops.std(self, *args, **kwargs)
+    def max(self, *args, **kwargs): return ops.max(self, *args, **kwargs)
+    def min(self, *args, **kwargs): return ops.min(self, *args, **kwargs)
+    def argmax(self, *args, **kwargs): return ops.argmax(self, *args, **kwargs)
+    def argmin(self, *args, **kwargs): return ops.argmin(self, *args, **kwargs)
+    def logsumexp(self, *args, **kwargs): return ops.logsumexp(self, *args, **kwargs)
+    def cumsum(self, *args, **kwargs): return ops.cumsum(self, *args, **kwargs)
+    def softmax(self, *args, **kwargs): return ops.softmax(self, *args, **kwargs)
+    def log_softmax(self, *args, **kwargs): return ops.log_softmax(self, *args, **kwargs)
     def reshape(self, *shape): return ops.reshape(self, _shape_args(shape))
+    view = reshape  # minitx has no strides of its own to keep: a view is a reshape
     def permute(self, *axes): return ops.permute(self, _shape_args(axes))
     def transpose(self, axis0=-2, axis1=-1): return ops.transpose(self, axis0, axis1)
     def expand(self, *shape): return ops.expand(self, _shape_args(shape))
+    def repeat(self, *sizes): return ops.repeat(self, _shape_args(sizes))
+    def squeeze(self, *args, **kwargs): return ops.squeeze(self, *args, **kwargs)
+    def unsqueeze(self, *args, **kwargs): return ops.unsqueeze(self, *args, **kwargs)
+    def flatten(self, start_dim=0, end_dim=-1): return ops.flatten(self, start_dim, end_dim)
+    def flip(self, *args, **kwargs): return ops.flip(self, *args, **kwargs)
+    def tril(self, diagonal=0): return ops.tril(self, diagonal)
+    def triu(self, diagonal=0): return ops.triu(self, diagonal)
+    def gather(self, axis, index): return ops.gather(self, axis, index)
     def masked_fill(self, mask, value): return ops.masked_fill(self, mask, value)
-    def split(self, sizes, axis=0): return ops.split(self, sizes, axis)
+    def split(self, *args, **kwargs): return ops.split(self, *args, **kwargs)
+    def chunk(self, *args, **kwargs): return ops.chunk(self, *args, **kwargs)
     def astype(self, dtype): return self.to(dtype=dtype)
     T = property(lambda self: ops.permute(self, tuple(reversed(range(self.ndim)))))
+
+
+def _operand(other):
+    """A NumPy scalar as the Python number it holds, so that it acts as a Python number does:
+    numpy.float64(2) * t keeps t's dtype, as 2.0 * t does (and as in PyTorch)."""
+    return other.item() if isinstance(other, numpy.generic) else other
 
 
 def _shape_args(args):

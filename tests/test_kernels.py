@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from minitx import backend, kernels
-from minitx.kernels import (cupy_attention, numba_attention, numba_pointwise, reference,
-                            reference_pointwise)
+from minitx.kernels import (cupy_attention, dropout_mask, numba_attention, numba_pointwise,
+                            reference, reference_pointwise)
 
 FUSED = [   # (fused kernel module, device of its arrays); on CPU-only machines the CUDA
             # kernels run on the CuPy stand-in (MINITX_FAKE_CUPY=1), their blocks emulated
@@ -77,6 +77,12 @@ CASES = [
     ("D=32", (2, 2, 1, 45, 45, 32), dict(causal=True, key_mask=True)),
     ("D=64", (1, 2, 2, 37, 50, 64), dict(causal=True)),
     ("D=128", (1, 2, 1, 33, 21, 128), dict(key_mask=True)),
+    # bias=shape: a random additive bias of that shape (broadcast to (B, H, Nq, Nk))
+    ("bias-per-head", (2, 4, 2, 70, 130, 16), dict(causal=True, bias=(4, 70, 130))),
+    ("bias-per-key-padding", (3, 2, 2, 70, 70, 8), dict(key_mask=True, bias=(3, 1, 1, 70))),
+    ("dropout-causal", (2, 2, 2, 130, 130, 16), dict(causal=True, dropout=0.2, seed=11)),
+    ("bias-dropout-gqa-window", (2, 4, 1, 70, 90, 16), dict(causal=True, window=30, bias=(70, 90),
+                                                             dropout=0.5, seed=12)),
 ]
 
 
@@ -87,6 +93,8 @@ def case_inputs(shape, options, dtype, noncontiguous=False, seed=0):
                               spread=spread)
     if options.get("key_mask"):
         options["key_mask"] = key_mask_with_padding(shape[0], shape[4], np.random.default_rng(1))
+    if "bias" in options:
+        options["bias"] = np.random.default_rng(2).standard_normal(options["bias"]).astype(dtype)
     return (q, k, v, do), options
 
 
@@ -106,10 +114,13 @@ def assert_close(actual, expected, dtype, name):
 # ---------------------------------------------------------------------------------------------
 # the reference against a plain loop, written from the rules with no shared code
 
-def loop_attention(q, k, v, causal=False, key_mask=None, window=None, prefix=None, scale=None):
+def loop_attention(q, k, v, causal=False, key_mask=None, window=None, prefix=None, scale=None,
+                   bias=None, dropout=0.0, seed=0):
     B, H, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     scale = 1 / math.sqrt(D) if scale is None else scale
+    bias = np.zeros((B, H, Nq, Nk)) if bias is None else np.broadcast_to(bias, (B, H, Nq, Nk))
+    keep = dropout_mask.keep_mask((B, H, Nq, Nk), dropout, seed)
     o = np.zeros(q.shape)
     lse = np.full((B, H, Nq), -np.inf)
     for b in range(B):
@@ -129,10 +140,12 @@ def loop_attention(q, k, v, causal=False, key_mask=None, window=None, prefix=Non
                     keys.append(j)
                 if not keys:
                     continue
-                s = np.array([scale * np.dot(q[b, h, i], k[b, kv, j]) for j in keys])
+                s = np.array([scale * np.dot(q[b, h, i], k[b, kv, j]) + bias[b, h, i, j]
+                              for j in keys])
                 w = np.exp(s - s.max())
                 lse[b, h, i] = s.max() + math.log(w.sum())
-                o[b, h, i] = (w / w.sum()) @ v[b, kv, keys]
+                kept = keep[b, h, i, keys] / (1 - dropout)
+                o[b, h, i] = (w / w.sum() * kept) @ v[b, kv, keys]
     return o, lse
 
 
@@ -144,6 +157,8 @@ LOOP_CASES = [
                                                          key_mask=True)),
     ("gqa-padding", (3, 4, 1, 6, 10, 4), dict(key_mask=True, scale=0.7)),
     ("large-scores", (1, 2, 2, 8, 8, 4), dict(causal=True, spread=300.0)),
+    ("bias-dropout-gqa", (2, 4, 2, 6, 9, 4), dict(causal=True, key_mask=True, bias=(4, 6, 9),
+                                                  dropout=0.3, seed=5)),
 ]
 
 
@@ -179,6 +194,33 @@ def test_reference_backward_matches_finite_differences(options):
         np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8, err_msg=f"d{name}")
 
 
+def test_reference_bias_gradient_matches_finite_differences():
+    """dbias (B, H, Nq, Nk), summed to a per-head bias (H, Nq, Nk), with dropout on as well."""
+    (q, k, v, do), options = case_inputs((2, 2, 1, 4, 5, 3), dict(causal=True, bias=(2, 4, 5),
+                                                                   dropout=0.4, seed=3),
+                                         np.float64, seed=4)
+    bias = options["bias"]
+    o, lse = reference.attention_forward(q, k, v, **options)
+    dbias = reference.attention_backward(q, k, v, o, lse, do, **options)[3].sum(axis=0)
+    numeric = np.zeros_like(bias)
+    for index in np.ndindex(bias.shape):
+        saved = bias[index]
+        bias[index] = saved + 1e-6
+        plus = np.sum(reference.attention_forward(q, k, v, **options)[0] * do)
+        bias[index] = saved - 1e-6
+        minus = np.sum(reference.attention_forward(q, k, v, **options)[0] * do)
+        bias[index] = saved
+        numeric[index] = (plus - minus) / 2e-6
+    np.testing.assert_allclose(dbias, numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_dropout_mask_keeps_the_asked_fraction_and_depends_on_the_seed():
+    keep = dropout_mask.keep_mask((4, 8, 64, 64), 0.3, seed=1)
+    assert abs(keep.mean() - 0.7) < 0.01
+    assert (keep != dropout_mask.keep_mask((4, 8, 64, 64), 0.3, seed=2)).mean() > 0.3
+    assert dropout_mask.keep_mask((2, 3), 0.0, seed=5).all()
+
+
 # ---------------------------------------------------------------------------------------------
 # fused kernels against the reference
 
@@ -190,8 +232,9 @@ def run_both(implementation, inputs, options):
     o, lse = reference.attention_forward(q, k, v, **options)
     expected = (o, lse) + reference.attention_backward(q, k, v, o, lse, do, **options)
     q, k, v, do = (backend.move_array(a, device) for a in inputs)
-    if options.get("key_mask") is not None:
-        options = dict(options, key_mask=backend.move_array(options["key_mask"], device))
+    for name in ("key_mask", "bias"):
+        if options.get(name) is not None:
+            options = dict(options, **{name: backend.move_array(options[name], device)})
     o, lse = module.attention_forward(q, k, v, **options)
     actual = (o, lse) + tuple(module.attention_backward(q, k, v, o, lse, do, **options))
     return expected, [backend.move_array(a, "cpu") for a in actual]
@@ -201,9 +244,12 @@ def run_both(implementation, inputs, options):
 @pytest.mark.parametrize("name, shape, options", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("implementation", FUSED)
 def test_fused_matches_reference(implementation, name, shape, options, dtype):
+    if implementation[0] in kernels.WITHOUT_BIAS_OR_DROPOUT and {"bias", "dropout"} & options.keys():
+        pytest.skip("this kernel has no bias or dropout: kernels/ gives such calls to the reference")
     inputs, options = case_inputs(shape, options, dtype)
     expected, actual = run_both(implementation, inputs, options)
-    for label, a, e in zip(("o", "lse", "dq", "dk", "dv"), actual, expected):
+    assert len(actual) == len(expected)
+    for label, a, e in zip(("o", "lse", "dq", "dk", "dv", "dbias"), actual, expected):
         assert not np.isnan(a).any(), f"{label} has NaN"
         assert_close(a, e, dtype, label)
 
@@ -277,6 +323,11 @@ BAD = [
     ("prefix-not-causal", _bad(prefix=2), "causal"),
     ("prefix-negative", _bad(causal=True, prefix=-1), ">= 0"),
 ]
+BAD_BIAS_OR_DROPOUT = [   # options the CUDA kernels never see (kernels/ hands them to the reference)
+    ("bias-shape", _bad(bias=np.zeros((3, 8, 8))), "does not broadcast"),
+    ("bias-dtype", _bad(bias=np.zeros((8, 8), np.float32)), "dtype of q"),
+    ("dropout-one", _bad(dropout=1.0), "[0, 1)"),
+]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=["reference", "numba", "cupy"])
@@ -285,6 +336,12 @@ def test_bad_inputs(module, name, bad, message):
     (q, k, v), options = bad
     with pytest.raises(ValueError, match=re.escape(message)):
         module.attention_forward(q, k, v, **options)
+
+
+@pytest.mark.parametrize("module", [reference, numba_attention], ids=["reference", "numba"])
+@pytest.mark.parametrize("name, bad, message", BAD_BIAS_OR_DROPOUT, ids=[b[0] for b in BAD_BIAS_OR_DROPOUT])
+def test_bad_bias_or_dropout(module, name, bad, message):
+    test_bad_inputs(module, name, bad, message)
 
 
 def test_bad_backward_shapes():
@@ -319,6 +376,21 @@ def test_dispatch(monkeypatch):
         kernels.choose("attention", q, 2)
     with pytest.raises(ValueError, match="unknown kernels"):
         kernels.attention_forward(q, q, q, kernels="flash")
+
+
+def test_a_kernel_without_bias_or_dropout_hands_such_calls_to_the_reference(monkeypatch):
+    """The CUDA kernels lack the bias and dropout options: kernels/ runs the reference instead,
+    saying so once (shown here with the numba kernel in the CUDA kernels' place)."""
+    monkeypatch.setattr(kernels, "WITHOUT_BIAS_OR_DROPOUT", (numba_attention,))
+    monkeypatch.setattr(kernels, "_warned", set())
+    (q, k, v, do), options = case_inputs((1, 2, 2, 5, 5, 4), dict(bias=(5, 5), dropout=0.2, seed=1),
+                                         np.float64)
+    with pytest.warns(UserWarning, match="run the reference kernel"):
+        o, lse = kernels.attention_forward(q, k, v, kernels="fused", **options)
+    np.testing.assert_array_equal(o, reference.attention_forward(q, k, v, **options)[0])
+    assert len(kernels.attention_backward(q, k, v, o, lse, do, kernels="fused", **options)) == 4
+    plain = dict(bias=None, dropout=0.0, seed=0)                          # plain calls stay fused
+    assert kernels._attention(q, 5, "fused", plain) == (numba_attention, {})
 
 
 def test_the_kernel_decision_lives_in_one_module():

@@ -11,8 +11,16 @@ from hypothesis.extra.numpy import array_shapes, mutually_broadcastable_shapes
 import minitx as mx
 
 SETTINGS = settings(max_examples=30, deadline=None)
-BINARY = {"add": (lambda a, b: a + b), "sub": (lambda a, b: a - b), "mul": (lambda a, b: a * b),
-          "div": (lambda a, b: a / (b * b + 1))}
+# every binary op, with the NumPy function it must match; inputs kept where each is smooth
+BINARY = {"add": (lambda a, b: a + b, np.add),
+          "sub": (lambda a, b: a - b, np.subtract),
+          "mul": (lambda a, b: a * b, np.multiply),
+          "div": (lambda a, b: a / (b * b + 1), lambda a, b: a / (b * b + 1)),
+          "pow": (lambda a, b: (a * a + 1) ** b, lambda a, b: (a * a + 1) ** b),
+          "maximum": (mx.maximum, np.maximum),
+          "minimum": (mx.minimum, np.minimum),
+          "where": (lambda a, b: mx.where(a > 0, a, b), lambda a, b: np.where(a > 0, a, b)),
+          "clip": (lambda a, b: mx.clip(a, max=b), lambda a, b: np.minimum(a, b))}
 UNARY = {"exp": (mx.exp, np.exp), "tanh": (mx.tanh, np.tanh), "sigmoid": (mx.sigmoid, lambda a: 1 / (1 + np.exp(-a))),
          "square": (lambda a: a ** 2, lambda a: a ** 2)}
 
@@ -22,16 +30,29 @@ def leaf(array):
 
 
 @SETTINGS
-@given(shapes=mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, max_side=3),
+@given(shapes=mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, min_side=0, max_side=3),
        op=st.sampled_from(sorted(BINARY)), seed=st.integers(0, 2**16))
 def test_binary_ops_broadcast_like_numpy(shapes, op, seed):
+    """Any two broadcastable shapes, size-0 and 0-d included, for every binary op; values spread
+    apart so that maximum, minimum, where and clip have no ties within a finite-difference step."""
     rng = np.random.default_rng(seed)
-    a, b = (rng.standard_normal(s) for s in shapes.input_shapes)
-    fn = BINARY[op]
+    a, b = (rng.permutation(int(np.prod(s))).reshape(s) * 0.37 - 0.6 + 0.01 * rng.random(s)
+            for s in shapes.input_shapes)
+    fn, ref = BINARY[op]
     out = fn(leaf(a), leaf(b))
-    np.testing.assert_allclose(out.numpy(), fn(a, b), rtol=1e-12)
+    np.testing.assert_allclose(out.numpy(), ref(a, b), rtol=1e-12)
     assert out.shape == shapes.result_shape
     assert mx.gradcheck(fn, (leaf(a), leaf(b)))
+
+
+@SETTINGS
+@given(shapes=mutually_broadcastable_shapes(signature=np.matmul.signature, max_dims=3,
+                                            max_side=3), seed=st.integers(0, 2**16))
+def test_matmul_broadcasts_batch_axes_like_numpy(shapes, seed):
+    rng = np.random.default_rng(seed)
+    a, b = (rng.standard_normal(s) for s in shapes.input_shapes)
+    np.testing.assert_allclose((leaf(a) @ leaf(b)).numpy(), a @ b, rtol=1e-10, atol=1e-12)
+    assert mx.gradcheck(lambda x, y: x @ y, (leaf(a), leaf(b)))
 
 
 @SETTINGS

@@ -1,21 +1,55 @@
-"""PyTorch as an oracle: minitx and its PyTorch twin (tests/torch_twin.py), loaded with the
-same float64 weights, must agree on the logits, the loss and every parameter gradient to 1e-8
-relative, and AdamW with gradient clipping must take the same three steps."""
+"""PyTorch as an oracle. Every op case of tests/op_cases.py: the forward and the gradient of every
+input agree with PyTorch's in float64. And minitx and its PyTorch twin (tests/torch_twin.py),
+loaded with the same float64 weights, agree on the logits, the loss and every parameter gradient
+to 1e-8 relative, and AdamW with gradient clipping takes the same three steps."""
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
+import minitx as mx  # noqa: E402
 from minitx import nn  # noqa: E402
 from minitx.optim import AdamW, clip_grad_norm  # noqa: E402
+from op_cases import ARG_CASES, CASES  # noqa: E402
 
 import torch_twin  # noqa: E402  (tests/torch_twin.py)
 
 RTOL, ATOL = 1e-8, 1e-10
+
+
+@pytest.mark.filterwarnings("ignore:var... degrees of freedom is <= 0")  # PyTorch warns of a divisor <= 0
+@pytest.mark.parametrize("case", [c for c in CASES if c.torch is not None], ids=repr)
+def test_op_matches_torch(case):
+    """Forward, then backward from one random output gradient: every input's gradient, nan and
+    inf where PyTorch has them (a gradient PyTorch leaves undefined counts as zeros)."""
+    rng = np.random.default_rng(5)
+    arrays = case.make(rng)
+    ours = [mx.tensor(a, requires_grad=True, dtype="float64") for a in arrays]
+    theirs = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in arrays]
+    out, expected = case.fn(*ours), case.torch_fn(torch)(*theirs)
+    assert out.shape == tuple(expected.shape)
+    np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), rtol=RTOL, atol=ATOL)
+    g = rng.standard_normal(out.shape)
+    out.backward(np.asarray(g))
+    expected.backward(torch.as_tensor(g))
+    for i, (x, y) in enumerate(zip(ours, theirs)):
+        np.testing.assert_allclose(x.grad.numpy() if x.grad is not None else np.zeros(x.shape),
+                                   y.grad.numpy() if y.grad is not None else np.zeros(x.shape),
+                                   rtol=RTOL, atol=ATOL, err_msg=f"gradient of input {i}")
+
+
+@pytest.mark.parametrize("shape, axis, keepdims", ARG_CASES)
+def test_argmax_and_argmin_match_torch(shape, axis, keepdims):
+    a = np.random.default_rng(6).standard_normal(shape)
+    for name in ("argmax", "argmin"):
+        expected = getattr(torch, name)(torch.tensor(a), dim=axis, keepdim=keepdims)
+        np.testing.assert_array_equal(getattr(mx, name)(mx.tensor(a), dim=axis, keepdim=keepdims).numpy(),
+                                      expected.numpy())
+
+
 SMALL = dict(vocab_size=11, block_size=8, n_layer=2, n_head=4, d_model=16)
 B, N = 3, 8
-
 DECODER_CASES = {
     "pre-ln layer learned gelu": dict(),
     "post-ln rms sinusoidal swiglu": dict(norm_first=False, norm="rms", pos="sinusoidal", mlp="swiglu"),

@@ -11,7 +11,9 @@ Two families, each a readable reference beside its fused twins:
     y, xhat, rstd = normalize(x, weight, bias, eps, center);  dx = normalize_grad(...)
 
 Attention options (the same for every implementation; see `reference.visibility_mask`): causal,
-key_mask (B, Nk) bool, window, prefix, scale (default 1/sqrt(D)).
+key_mask (B, Nk) bool, window, prefix, scale (default 1/sqrt(D)), bias (added to the scores,
+broadcast to (B, H, Nq, Nk); backward then returns dbias too), dropout and seed (attention
+dropout, its mask a hash of the seed and the position: kernels/dropout_mask.py).
 
 The rule (`choose`): kernels="reference" runs the reference, "fused" the fused kernel of the
 arrays' device, "auto" (the default) the fused kernel unless the environment variable
@@ -76,15 +78,37 @@ def use_workqueue_threads():
         numba.config.THREADING_LAYER = "workqueue"
 
 
+# The CUDA kernels take no bias and no attention dropout yet: such calls run the reference there.
+WITHOUT_BIAS_OR_DROPOUT = (cupy_attention,)
+
+
+def _attention(q, n_keys, kernels, options):
+    """The attention kernel `choose` picks and the options it takes: the reference where that
+    kernel lacks an option the call uses; the options without bias and dropout where it has
+    none to take."""
+    module = choose("attention", q, n_keys, kernels)
+    if module not in WITHOUT_BIAS_OR_DROPOUT:
+        return module, options
+    if options.get("bias") is not None or options.get("dropout"):
+        if (module, "bias") not in _warned:
+            _warned.add((module, "bias"))
+            warnings.warn(f"{module.__name__} has no attention bias (attn_mask) or attention "
+                          "dropout yet; such calls run the reference kernel (N x N memory)",
+                          stacklevel=4)
+        return reference, options
+    return module, {k: v for k, v in options.items() if k not in ("bias", "dropout", "seed")}
+
+
 def attention_forward(q, k, v, *, kernels="auto", **options):
     """(o (B, H, Nq, D), lse (B, H, Nq)) from the kernel `choose` picks."""
-    return choose("attention", q, k.shape[2], kernels).attention_forward(q, k, v, **options)
+    module, options = _attention(q, k.shape[2], kernels, options)
+    return module.attention_forward(q, k, v, **options)
 
 
 def attention_backward(q, k, v, o, lse, do, *, kernels="auto", **options):
-    """(dq, dk, dv) from the kernel `choose` picks."""
-    return choose("attention", q, k.shape[2], kernels).attention_backward(q, k, v, o, lse, do,
-                                                                          **options)
+    """(dq, dk, dv), and dbias with a bias, from the kernel `choose` picks."""
+    module, options = _attention(q, k.shape[2], kernels, options)
+    return module.attention_backward(q, k, v, o, lse, do, **options)
 
 
 def gelu_tanh_forward(x, kernels="auto"):

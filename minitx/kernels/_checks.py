@@ -32,7 +32,8 @@ def _check_int(name, value, smallest):
     return value
 
 
-def check_forward(q, k, v, *, causal=False, key_mask=None, window=None, prefix=None, scale=None):
+def check_forward(q, k, v, *, causal=False, key_mask=None, window=None, prefix=None, scale=None,
+                  bias=None, dropout=0.0, seed=0):
     """Validate the arguments of `attention_forward`; return their AttentionShape.
 
     Raises ValueError naming the offending shapes or values.
@@ -69,6 +70,14 @@ def check_forward(q, k, v, *, causal=False, key_mask=None, window=None, prefix=N
         if not causal:
             raise ValueError(f"prefix={prefix} needs causal=True")
         _check_int("prefix", prefix, 0)
+    if bias is not None:
+        if bias.ndim > 4 or any(n not in (1, m) for n, m in zip(bias.shape[::-1], (Nk, Nq, H, B))):
+            raise ValueError(f"bias of shape {tuple(bias.shape)} does not broadcast to "
+                             f"(B, H, Nq, Nk) = {(B, H, Nq, Nk)}")
+        if bias.dtype != q.dtype:
+            raise ValueError(f"bias must have the dtype of q ({q.dtype}), got {bias.dtype}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"attention dropout must be in [0, 1), got {dropout}")
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     return AttentionShape(B, H, Hkv, Nq, Nk, D, scale)
 
@@ -84,6 +93,18 @@ def check_backward(q, k, v, o, lse, do, **options):
         raise ValueError(f"lse must have shape (B, H, Nq) = {tuple(q.shape[:3])}, "
                          f"got {tuple(lse.shape)}")
     return shape
+
+
+def full_bias(shape, bias, dtype, xp):
+    """The bias as a fresh contiguous (B or 1, H or 1, Nq, Nk) array (a kernel reads batch row
+    b % bias.shape[0]), or a (1, 1, 1, 1) zero when there is none: always the same array type,
+    so one compiled kernel serves calls with and without a bias."""
+    if bias is None:
+        return xp.zeros((1, 1, 1, 1), dtype)
+    bias = bias.reshape((1,) * (4 - bias.ndim) + tuple(bias.shape))
+    out = xp.empty(bias.shape[:2] + (shape.Nq, shape.Nk), dtype)
+    out[...] = bias
+    return out
 
 
 def kernel_options(shape, key_mask, causal, window, prefix, xp):

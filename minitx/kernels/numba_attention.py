@@ -5,6 +5,8 @@ running maximum m_i of the scores, the running sum l_i of exp(score - m_i) and t
 output acc; when a block raises m_i, first rescale l_i and acc by exp(m_old - m_new). At the end
 o = acc / l_i and lse = m_i + log(l_i). Only block-sized scratch is allocated, never N x N.
 Backward recomputes each score block from q, k and the saved lse (P = exp(S - lse)).
+An additive bias is read block by block like the scores it is added to; attention dropout is
+recomputed, not stored: its mask is a hash of (seed, b, h, i, j) (kernels/dropout_mask.py).
 
 Set NUMBA_DISABLE_JIT=1 to run these functions as plain Python, e.g. to step through them in a
 debugger (slow: use small inputs).
@@ -29,7 +31,8 @@ import sys
 import numba
 import numpy as np
 
-from ._checks import check_backward, check_forward, kernel_options
+from . import dropout_mask
+from ._checks import check_backward, check_forward, full_bias, kernel_options
 
 SUPPORTED_DTYPES = ("float32", "float64")
 BLOCK_Q = 64    # query rows per block
@@ -108,9 +111,35 @@ def _mask_scores(sT, key_mask, i0, j0, offset, causal, window, prefix):
                 sT[jj, ii] = -np.inf
 
 
+_mix = numba.njit(cache=True)(dropout_mask.mix)
+
+
+@numba.njit(cache=True)
+def _add_bias(sT, bias, b, h, i0, j0):
+    """sT[jj, ii] += bias[b, h, i0 + ii, j0 + jj]; bias's batch and head axes may be 1."""
+    bias_bh = bias[b % bias.shape[0], h % bias.shape[1]]
+    for jj in range(sT.shape[0]):
+        for ii in range(sT.shape[1]):
+            sT[jj, ii] += bias_bh[i0 + ii, j0 + jj]
+
+
+@numba.njit(cache=True)
+def _drop(xT, seed, threshold, keep_scale, b, h, H, Nq, Nk, i0, j0):
+    """Multiply the transposed block xT (keys j0..., queries i0...) by the dropout factors:
+    0 where the hash of (seed, b, h, i, j) says drop, 1 / (1 - p) where it says keep."""
+    zero = keep_scale - keep_scale
+    for jj in range(xT.shape[0]):
+        for ii in range(xT.shape[1]):
+            index = np.uint64(((b * H + h) * Nq + i0 + ii) * Nk + j0 + jj)
+            kept = (_mix(index * dropout_mask.GOLDEN + seed) >> dropout_mask.S11) >= threshold
+            xT[jj, ii] = xT[jj, ii] * keep_scale if kept else zero
+
+
 @numba.njit(parallel=True, cache=True)
-def _forward_kernel(q, k, v, key_mask, causal, window, prefix, taylor, e_pow2, t_min, o, lse):
-    """q arrives multiplied by scale, so S = q k^T. Writes o (B, H, Nq, D) and lse (B, H, Nq)."""
+def _forward_kernel(q, k, v, key_mask, causal, window, prefix, bias, has_bias, seed, threshold,
+                    keep_scale, dropping, taylor, e_pow2, t_min, o, lse):
+    """q arrives multiplied by scale, so S = q k^T (+ bias). Writes o (B, H, Nq, D) and
+    lse (B, H, Nq)."""
     B, H, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     G = H // Hkv
@@ -132,6 +161,8 @@ def _forward_kernel(q, k, v, key_mask, causal, window, prefix, taylor, e_pow2, t
                 continue
             k_j, v_j = k[b, h // G, j0:j1], v[b, h // G, j0:j1]     # (n_j, D)
             sT = np.dot(k_j, q_i.T)                     # S^T block (n_j, n_i): a column per query
+            if has_bias:
+                _add_bias(sT, bias, b, h, i0, j0)
             _mask_scores(sT, key_mask[b], i0, j0, offset, causal, window, prefix)
             # online softmax: m_new = max(m_i, block's max); P = exp(S - m_new); the past
             # (l_i and acc) is rescaled by alpha = exp(m_i - m_new)
@@ -149,7 +180,9 @@ def _forward_kernel(q, k, v, key_mask, causal, window, prefix, taylor, e_pow2, t
             for jj in range(j1 - j0):
                 for ii in range(n_i):
                     l_i[ii] += sT[jj, ii]
-            acc += np.dot(sT.T, v_j)                                 # acc = alpha acc + P v
+            if dropping:                      # l_i sums the probabilities before dropout
+                _drop(sT, seed, threshold, keep_scale, b, h, H, Nq, Nk, i0, j0)
+            acc += np.dot(sT.T, v_j)                                 # acc = alpha acc + (P M) v
         for ii in range(n_i):
             if l_i[ii] > 0:
                 lse[b, h, i0 + ii] = m_i[ii] + np.log(l_i[ii])
@@ -160,11 +193,13 @@ def _forward_kernel(q, k, v, key_mask, causal, window, prefix, taylor, e_pow2, t
 
 
 @numba.njit(parallel=True, cache=True)
-def _backward_kernel(q, k, v, do, lse, delta, key_mask, causal, window, prefix, taylor,
-                     e_pow2, t_min, dq, dk, dv):
-    """q arrives multiplied by scale, so S = q k^T and dk = dS^T q; dq comes out without the
-    factor scale. lse arrives with 0 for the rows that see no key (their scores are all -inf,
-    so P = 0 there). Adds into dq (B, H, Nq, D), dk and dv (B, Hkv, Nk, D), zeroed."""
+def _backward_kernel(q, k, v, do, lse, delta, key_mask, causal, window, prefix, bias, has_bias,
+                     seed, threshold, keep_scale, dropping, taylor, e_pow2, t_min, dq, dk, dv,
+                     dbias):
+    """q arrives multiplied by scale, so S = q k^T (+ bias) and dk = dS^T q; dq comes out
+    without the factor scale. lse arrives with 0 for the rows that see no key (their scores are
+    all -inf, so P = 0 there). Adds into dq (B, H, Nq, D), dk and dv (B, Hkv, Nk, D), zeroed;
+    with a bias, writes dS into dbias (B, H, Nq, Nk), zeroed (every block at most once)."""
     B, H, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     G = H // Hkv
@@ -185,18 +220,28 @@ def _backward_kernel(q, k, v, do, lse, delta, key_mask, causal, window, prefix, 
                     lse_i, delta_i = lse[b, h, i0:i1], delta[b, h, i0:i1]
                     # forward: S = q k^T, P = exp(S - lse)            (both transposed here)
                     pT = np.dot(k_j, q_i.T)
+                    if has_bias:
+                        _add_bias(pT, bias, b, h, i0, j0)
                     _mask_scores(pT, key_mask[b], i0, j0, offset, causal, window, prefix)
                     _exp_shifted(pT, lse_i, taylor, e_pow2, t_min)
-                    # forward: o = P v  =>  dv += P^T do,  dP = do v^T
-                    dv_j += np.dot(pT, do_i)
+                    # forward: o = (P M) v  =>  dv += (P M)^T do,  dP = M do v^T
                     dsT = np.dot(v_j, do_i.T)
+                    if dropping:
+                        pmT = pT.copy()
+                        _drop(pmT, seed, threshold, keep_scale, b, h, H, Nq, Nk, i0, j0)
+                        _drop(dsT, seed, threshold, keep_scale, b, h, H, Nq, Nk, i0, j0)
+                        dv_j += np.dot(pmT, do_i)
+                    else:
+                        dv_j += np.dot(pT, do_i)
                     # forward: P = softmax(S)  =>  dS = P (dP - delta)
                     for jj in range(j1 - j0):
                         for ii in range(i1 - i0):
                             dsT[jj, ii] = pT[jj, ii] * (dsT[jj, ii] - delta_i[ii])
-                    # forward: S = q k^T  =>  dk += dS^T q,  dq += dS k
+                    # forward: S = q k^T + bias  =>  dk += dS^T q,  dq += dS k,  dbias = dS
                     dk_j += np.dot(dsT, q_i)
                     dq[b, h, i0:i1] += np.dot(dsT.T, k_j)
+                    if has_bias:
+                        dbias[b, h, i0:i1, j0:j1] = dsT.T
 
 
 def _announce_compiling(kernel, dtype):
@@ -223,11 +268,18 @@ def _check_dtype(q):
                          f"got {q.dtype}")
 
 
+def _bias_and_dropout(shape, bias, dropout, seed, dtype):
+    """The kernels' bias and dropout arguments: bias array, has_bias, seed, threshold,
+    keep_scale, dropping (the same types whether or not there is a bias or dropout)."""
+    return (full_bias(shape, bias, dtype, np), bias is not None, np.uint64(seed),
+            dropout_mask.threshold(dropout), dtype.type(1 / (1 - dropout)), dropout > 0)
+
+
 def attention_forward(q, k, v, *, causal=False, key_mask=None, window=None, prefix=None,
-                      scale=None):
+                      scale=None, bias=None, dropout=0.0, seed=0):
     """Fused forward: (o (B, H, Nq, D), lse (B, H, Nq)); same contract as reference."""
     shape = check_forward(q, k, v, causal=causal, key_mask=key_mask, window=window,
-                          prefix=prefix, scale=scale)
+                          prefix=prefix, scale=scale, bias=bias, dropout=dropout)
     _check_dtype(q)
     mask, causal, window, prefix = kernel_options(shape, key_mask, causal, window, prefix, np)
     scale = q.dtype.type(shape.scale)
@@ -236,15 +288,16 @@ def attention_forward(q, k, v, *, causal=False, key_mask=None, window=None, pref
     lse = np.empty(q.shape[:3], q.dtype)
     _announce_compiling(_forward_kernel, q.dtype)
     _forward_kernel(q, np.ascontiguousarray(k), np.ascontiguousarray(v), mask, causal, window,
-                    prefix, *exp_constants(q.dtype), o, lse)
+                    prefix, *_bias_and_dropout(shape, bias, dropout, seed, q.dtype),
+                    *exp_constants(q.dtype), o, lse)
     return o, lse
 
 
 def attention_backward(q, k, v, o, lse, do, *, causal=False, key_mask=None, window=None,
-                       prefix=None, scale=None):
-    """Fused backward: (dq, dk, dv); same contract as reference."""
+                       prefix=None, scale=None, bias=None, dropout=0.0, seed=0):
+    """Fused backward: (dq, dk, dv), and dbias with a bias; same contract as reference."""
     shape = check_backward(q, k, v, o, lse, do, causal=causal, key_mask=key_mask,
-                           window=window, prefix=prefix, scale=scale)
+                           window=window, prefix=prefix, scale=scale, bias=bias, dropout=dropout)
     _check_dtype(q)
     mask, causal, window, prefix = kernel_options(shape, key_mask, causal, window, prefix, np)
     scale = q.dtype.type(shape.scale)
@@ -253,8 +306,11 @@ def attention_backward(q, k, v, o, lse, do, *, causal=False, key_mask=None, wind
     delta = (do * o).sum(axis=-1)                           # rowsum(do * o): (B, H, Nq)
     lse = np.where(lse == -np.inf, 0, lse).astype(q.dtype)  # see _backward_kernel
     dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    dbias = np.zeros((shape.B, shape.H, shape.Nq, shape.Nk) if bias is not None else (1, 1, 1, 1),
+                     q.dtype)
     _announce_compiling(_backward_kernel, q.dtype)
     _backward_kernel(q, k, v, do, lse, delta, mask, causal, window, prefix,
-                     *exp_constants(q.dtype), dq, dk, dv)
+                     *_bias_and_dropout(shape, bias, dropout, seed, q.dtype),
+                     *exp_constants(q.dtype), dq, dk, dv, dbias)
     dq *= scale                          # the kernel saw S = (scale q) k^T
-    return dq, dk, dv
+    return (dq, dk, dv) if bias is None else (dq, dk, dv, dbias)

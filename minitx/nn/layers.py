@@ -42,12 +42,18 @@ class Embedding(Module):
         return F.embedding(ids, self.weight)
 
 
+def _trailing(d_model):
+    """A norm's shape: d_model (the last axis), or a tuple of trailing sizes (PyTorch's
+    normalized_shape) normalised together."""
+    return (d_model,) if isinstance(d_model, int) else tuple(d_model)
+
+
 class LayerNorm(Module):
     """Normalise each vector to zero mean, unit variance, then scale and shift (Ba et al. 2016)."""
 
     def __init__(self, d_model, bias=True, eps=1e-5, kernels="auto"):
-        self.weight = init_constant((d_model,), 1.0)
-        self.bias = init_constant((d_model,), 0.0) if bias else None
+        self.weight = init_constant(_trailing(d_model), 1.0)
+        self.bias = init_constant(_trailing(d_model), 0.0) if bias else None
         self.eps, self.kernels = eps, kernels
 
     def forward(self, x):
@@ -58,7 +64,7 @@ class RMSNorm(Module):
     """Divide each vector by its root mean square, then scale (Zhang & Sennrich 2019): no mean, no bias."""
 
     def __init__(self, d_model, bias=False, eps=1e-6, kernels="auto"):
-        self.weight = init_constant((d_model,), 1.0)
+        self.weight = init_constant(_trailing(d_model), 1.0)
         self.eps, self.kernels = eps, kernels
 
     def forward(self, x):

@@ -11,6 +11,8 @@ a batched matrix product, so it runs on BLAS (cuBLAS on the GPU):
   (B, M, K) @ (B, K, N) -> (B, M, N) -> reshape to (b, m, n)
 A letter is "kept" if the output or a later operand still needs it. The plan (which axes go
 where) depends only on the subscripts and the shapes, so it is worked out once and cached.
+A letter repeated within one operand ("ii->i", "ii->") first takes that operand's diagonal (see
+`diagonal`); a size-0 axis is an axis like any other.
 
 Backward is einsum again: for out = einsum("ij,jk->ik", a, b), dL/da = einsum("ik,jk->ij", g, b).
 In general, operand i's gradient is the einsum of the output gradient with all other operands,
@@ -26,6 +28,7 @@ from ..autograd import Function
 from ..backend import get_array_module
 
 
+@functools.lru_cache(maxsize=4096)
 def parse(subscripts, shapes):
     """Explicit subscripts for each operand and the output, with '...' spelled out as letters.
 
@@ -56,8 +59,6 @@ def parse(subscripts, shapes):
             raise ValueError(f"einsum subscripts may only use letters and '...', got {sub!r}")
         if len(sub) != len(shape):
             raise ValueError(f"einsum operand {sub!r} has {len(sub)} letters but shape {shape}")
-        if len(set(sub)) != len(sub):
-            raise ValueError(f"einsum operand {sub!r} repeats a letter (diagonals are not supported)")
         explicit.append(sub)
 
     if arrow:
@@ -68,21 +69,43 @@ def parse(subscripts, shapes):
     if len(set(output)) != len(output) or not set(output) <= set("".join(explicit)):
         raise ValueError(f"einsum output {output!r} must use distinct letters from the inputs")
 
-    sizes = {}
+    sizes = {}  # a letter's sizes must agree, or be 1 (broadcast); 0 is a size like any other
     for sub, shape in zip(explicit, shapes):
         for c, n in zip(sub, shape):
-            if sizes.get(c, 1) != n and n != 1:
-                if sizes.get(c, 1) != 1:
-                    raise ValueError(f"einsum {subscripts!r}: letter {c!r} has sizes {sizes[c]} and {n} "
-                                     f"(operand shapes {list(shapes)})")
-            sizes[c] = max(sizes.get(c, 1), n)
+            if sizes.get(c, 1) == 1:
+                sizes[c] = n
+            elif n not in (1, sizes[c]):
+                raise ValueError(f"einsum {subscripts!r}: letter {c!r} has sizes {sizes[c]} and {n} "
+                                 f"(operand shapes {list(shapes)})")
+    for sub, shape in zip(explicit, shapes):
+        if len(set(sub)) != len(sub) and shape != tuple(sizes[c] for c in sub):
+            raise ValueError(f"einsum operand {sub!r} repeats a letter over axes of sizes {shape}: "
+                             "a diagonal needs equal sizes")
     return explicit, output, sizes
+
+
+def distinct(sub):
+    """The letters of `sub`, each once, in order of first appearance: "iij" -> "ij"."""
+    return "".join(dict.fromkeys(sub))
+
+
+def diagonal(sub, shape, xp):
+    """The index that picks an operand's diagonal over the letters `sub` repeats: for "iij",
+    a[i, i, j] for every (i, j), as index arrays that broadcast to the axes `distinct(sub)`.
+    Forward reads a[index]; backward writes the gradient back to the same places."""
+    letters = distinct(sub)
+    grids = {c: xp.arange(shape[sub.index(c)]).reshape([shape[sub.index(c)] if d == c else 1
+                                                         for d in letters]) for c in letters}
+    return tuple(grids[c] for c in sub)
 
 
 @functools.lru_cache(maxsize=4096)
 def plan(subscripts, shapes):
     """The steps that contract operands of these shapes: see the module docstring."""
     subs, output, sizes = parse(subscripts, shapes)
+    diagonals = tuple(distinct(sub) != sub for sub in subs)
+    shapes = [tuple(shape[sub.index(c)] for c in distinct(sub)) for sub, shape in zip(subs, shapes)]
+    subs = [distinct(sub) for sub in subs]  # from here on, each operand's diagonal is taken
     broadcast = tuple(tuple(sizes[c] for c in sub) if tuple(sizes[c] for c in sub) != shape else None
                       for sub, shape in zip(subs, shapes))
     steps, left = [], subs[0]
@@ -95,7 +118,7 @@ def plan(subscripts, shapes):
     drop = tuple(j for j, c in enumerate(left) if c not in output)
     left = "".join(c for c in left if c in output)
     final = tuple(left.index(c) for c in output)
-    return subs, output, broadcast, tuple(steps), drop, final
+    return diagonals, output, broadcast, tuple(steps), drop, final
 
 
 def _pair_step(a, b, keep, sizes):
@@ -122,8 +145,12 @@ def _pair_step(a, b, keep, sizes):
 
 def contract(subscripts, *arrays):
     """einsum on raw arrays (numpy or cupy) through cached BLAS-shaped steps."""
-    subs, output, broadcast, steps, drop, final = plan(subscripts, tuple(a.shape for a in arrays))
+    diagonals, output, broadcast, steps, drop, final = plan(subscripts, tuple(a.shape for a in arrays))
     xp = get_array_module(*arrays)
+    if any(diagonals):
+        subs = parse(subscripts, tuple(a.shape for a in arrays))[0]
+        arrays = [a[diagonal(sub, a.shape, xp)] if diag else a
+                  for a, sub, diag in zip(arrays, subs, diagonals)]
     arrays = [a if shape is None else xp.broadcast_to(a, shape) for a, shape in zip(arrays, broadcast)]
     left = arrays[0]
     for right, (sum_a, perm_a, shape_a, sum_b, perm_b, shape_b, out_shape) in zip(arrays[1:], steps):
@@ -148,7 +175,7 @@ class Einsum(Function):
     @staticmethod
     def backward(ctx, grad):
         xp = get_array_module(grad)
-        subs, output = plan(ctx.subscripts, tuple(a.shape for a in ctx.arrays))[:2]  # cached
+        subs, output = parse(ctx.subscripts, tuple(a.shape for a in ctx.arrays))[:2]
         grads = []
         for i, (a, sub) in enumerate(zip(ctx.arrays, subs)):
             if not ctx.needs_grad[i]:
@@ -156,12 +183,17 @@ class Einsum(Function):
                 continue
             others = [s for j, s in enumerate(subs) if j != i]
             present = set(output).union(*others)
-            target = "".join(c for c in sub if c in present)
+            letters = distinct(sub)
+            target = "".join(c for c in letters if c in present)
             g = contract(",".join([output] + others) + "->" + target,
                          grad, *[x for j, x in enumerate(ctx.arrays) if j != i])
-            if target != sub:  # letters only this operand had: their gradient is constant along them
-                kept = [g.shape[target.index(c)] if c in target else 1 for c in sub]
-                g = xp.broadcast_to(g.reshape(kept), [k if c in target else n
-                                                      for c, k, n in zip(sub, kept, a.shape)])
+            if target != letters:  # letters only this operand had: their gradient is constant along them
+                kept = [g.shape[target.index(c)] if c in target else 1 for c in letters]
+                g = xp.broadcast_to(g.reshape(kept), [k if c in target else a.shape[sub.index(c)]
+                                                      for c, k in zip(letters, kept)])
+            if letters != sub:  # forward took the diagonal: the gradient goes back onto it, 0 elsewhere
+                full = xp.zeros(a.shape, g.dtype)
+                full[diagonal(sub, a.shape, xp)] = g
+                g = full
             grads.append(g)
         return tuple(grads)

@@ -8,6 +8,7 @@ attention and normalisation arithmetic comes from kernels/, which picks the kern
 from ..autograd import Function
 from ..backend import device_of, get_array_module
 from ..kernels import attention_backward, attention_forward, normalize, normalize_grad
+from .elementwise import quiet
 from ..random import uniform_array
 from .einsum import contract
 
@@ -39,19 +40,22 @@ class Affine(Function):
 
 
 class Attention(Function):
-    """softmax(q k^T * scale + mask) v as one op; forward and backward come from a kernel
-    (kernels/), which also returns the per-row log-sum-exp that backward needs."""
+    """softmax(q k^T * scale + bias, masked) v as one op, with dropout on the probabilities;
+    forward and backward come from a kernel (kernels/), which also returns the per-row
+    log-sum-exp that backward needs. The bias (an additive attn_mask) gets a gradient too."""
 
     @staticmethod
-    def forward(ctx, q, k, v, key_mask=None, **options):
-        o, lse = attention_forward(q, k, v, key_mask=key_mask, **options)
-        ctx.saved, ctx.key_mask, ctx.options = (q, k, v, o, lse), key_mask, options
+    def forward(ctx, q, k, v, key_mask=None, bias=None, **options):
+        o, lse = attention_forward(q, k, v, key_mask=key_mask, bias=bias, **options)
+        ctx.saved, ctx.key_mask, ctx.bias, ctx.options = (q, k, v, o, lse), key_mask, bias, options
         return o
 
     @staticmethod
     def backward(ctx, grad):
-        dq, dk, dv = attention_backward(*ctx.saved, grad, key_mask=ctx.key_mask, **ctx.options)
-        return dq, dk, dv, None
+        grads = attention_backward(*ctx.saved, grad, key_mask=ctx.key_mask, bias=ctx.bias,
+                                   **ctx.options)
+        dbias = grads[3] if len(grads) > 3 and ctx.needs_grad[4] else None
+        return grads[0], grads[1], grads[2], None, dbias   # dbias (B, H, Nq, Nk): the engine sums
 
 
 def _shift(x, axis):
@@ -91,41 +95,78 @@ class LogSoftmax(Function):
 
 
 class CrossEntropy(Function):
-    """Mean over counted positions of -log softmax(logits)[target], in one stable op.
+    """Cross-entropy of logits (N, C) against a target distribution per row, in one stable op:
 
-    logits (..., C), targets (...) integers; positions whose target is `ignore_index` count
-    neither in the sum nor in the mean (padding, or the prompt part of an instruction example).
+        loss_n = -sum_c w_c u_nc log softmax(logits_n)_c,   u_n = (1 - eps) t_n + eps / C
+
+    t_n is the one-hot of a class index (targets (N,) integers; rows whose target is
+    `ignore_index` count nowhere: padding, or the prompt of an instruction example) or a row of
+    probabilities (targets (N, C) floats); w are class weights (1 by default), eps the label
+    smoothing. reduction="mean" divides the sum by the weight of the counted targets (class
+    indices) or by N (probabilities), as PyTorch does, so a batch whose every target is ignored
+    gives nan; "sum" and "none" (loss per row) as they say.
     """
 
     @staticmethod
-    def forward(ctx, logits, targets, ignore_index=-100):
+    def forward(ctx, logits, targets, weight=None, ignore_index=-100, reduction="mean",
+                label_smoothing=0.0):
         xp = get_array_module(logits)
-        if targets.shape != logits.shape[:-1]:
-            raise ValueError(f"cross_entropy: targets of shape {targets.shape} do not match logits "
-                             f"of shape {logits.shape} (expected targets {logits.shape[:-1]})")
-        n_class, logits_shape = logits.shape[-1], logits.shape
-        logits = logits.reshape(-1, n_class)
-        targets = targets.reshape(-1)
-        counted = targets != ignore_index
-        safe = xp.where(counted, targets, 0)            # in range: checked by ops.cross_entropy
+        n_rows, n_class = logits.shape
+        weight = xp.ones(n_class, logits.dtype) if weight is None else weight
+        eps = label_smoothing
         z = _shift(logits, -1)
         e = xp.exp(z)
         s = e.sum(axis=-1, keepdims=True)
-        rows = xp.arange(len(safe))
-        n = xp.maximum(counted.sum(), 1).astype(logits.dtype)   # stays on the device: no sync
-        # -log p[target] = log(sum(exp(z))) - z[target]
-        loss = ((xp.log(s[:, 0]) - z[rows, safe]) * counted).sum() / n
-        ctx.probs, ctx.rows, ctx.safe, ctx.counted, ctx.n = e / s, rows, safe, counted, n
-        ctx.shape = logits_shape
-        return loss
+        log_s = xp.log(s)                                       # log softmax = z - log_s
+        ctx.probs, ctx.weight, ctx.eps, ctx.reduction = e / s, weight, eps, reduction
+        ctx.picked = ctx.u = ctx.logp = None
+        if targets.dtype.kind == "f":                           # probabilities
+            ctx.u = weight * ((1 - eps) * targets + eps / n_class)  # (N, C): w u
+            ctx.logp = z - log_s                                # (N, C), for the targets' gradient
+            loss = -(ctx.u * ctx.logp).sum(axis=-1)
+            ctx.total = n_rows
+        else:                                                   # class indices
+            counted = targets != ignore_index
+            safe = xp.where(counted, targets, 0)                # in range: checked by ops.cross_entropy
+            rows = xp.arange(n_rows)
+            w_target = weight[safe] * counted                   # (N,): 0 on ignored rows
+            # -sum_c w_c u_c logp_c with u = (1 - eps) onehot(target) + eps / C, without the
+            # (N, C) array u (arrays in float order: a bool array times a Python float is float64)
+            loss = -(w_target * (z[rows, safe] - log_s[:, 0]) * (1 - eps))
+            if eps:
+                loss -= ((z - log_s) * weight).sum(axis=-1) * counted * (eps / n_class)
+            ctx.picked, ctx.total = (rows, safe, w_target, counted), w_target.sum()
+        if reduction == "none":
+            return loss
+        with quiet():  # mean of no counted target: 0 / 0 = nan, as PyTorch gives
+            return loss.sum() if reduction == "sum" else loss.sum() / ctx.total
 
     @staticmethod
     def backward(ctx, grad):
-        # dL/dlogits = (softmax(logits) - onehot(target)) / n on counted rows, 0 elsewhere
-        d = ctx.probs.copy()
-        d[ctx.rows, ctx.safe] -= 1
-        d *= (ctx.counted * (grad / ctx.n))[:, None]
-        return d.reshape(ctx.shape), None
+        # loss_n = -sum_c w_c u_nc logp_nc:  dloss_n/dlogits_n = softmax_n * sum_c(w u)_nc - (w u)_n
+        #                                    dloss_n/dt_nc = -(1 - eps) w_c logp_nc
+        xp, probs, weight, eps = get_array_module(grad), ctx.probs, ctx.weight, ctx.eps
+        if ctx.reduction == "none":
+            g = grad                                            # (N,)
+        elif ctx.reduction == "sum":
+            g = xp.broadcast_to(grad, probs.shape[:1])
+        else:  # no counted target: the loss is nan, its gradient 0 (as in PyTorch); on the device
+            counts = ctx.total > 0
+            g = xp.broadcast_to(xp.where(counts, grad, 0) / xp.where(counts, ctx.total, 1),
+                                probs.shape[:1])
+        dtargets = None
+        if ctx.picked is not None:                              # class indices
+            rows, safe, w_target, counted = ctx.picked
+            n_class = probs.shape[1]
+            d = probs * (w_target * (1 - eps) + weight.sum() * counted * (eps / n_class))[:, None]
+            if eps:
+                d -= weight * counted[:, None] * (eps / n_class)
+            d[rows, safe] -= w_target * (1 - eps)
+        else:                                                   # probabilities
+            d = probs * ctx.u.sum(axis=-1, keepdims=True) - ctx.u
+            if ctx.needs_grad[1]:
+                dtargets = -(1 - eps) * weight * ctx.logp * g[:, None]
+        return d * g[:, None], dtargets, None
 
 
 class Normalize(Function):

@@ -149,7 +149,7 @@ def _index(index):
 
 
 _METHODS = {"astype", "copy", "reshape", "transpose", "swapaxes", "ravel", "squeeze", "sum",
-            "mean", "var", "max", "min", "argmax", "any", "all", "cumsum", "fill", "view"}
+            "mean", "var", "max", "min", "argmax", "any", "all", "cumsum", "fill", "view", "prod"}
 
 
 def _operator(name):
@@ -166,7 +166,7 @@ def _operator(name):
 
 
 for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or",
-              "xor", "lt", "le", "gt", "ge", "eq", "ne"):
+              "xor", "rshift", "lt", "le", "gt", "ge", "eq", "ne"):
     for _form in ("__{}__", "__r{}__", "__i{}__"):
         _op = _form.format(_name)
         if hasattr(numpy.ndarray, _op):
@@ -203,7 +203,7 @@ _FUNCTIONS = ("where", "matmul", "zeros_like", "ones_like", "empty_like", "broad
              "moveaxis", "expand_dims", "take", "concatenate", "stack", "split", "copyto",
              "einsum", "tensordot", "sum", "max", "min", "clip", "outer", "tril", "triu",
              "argmax", "all", "any", "array_equal", "allclose", "cumsum", "reshape", "transpose",
-             "squeeze")
+             "squeeze", "cumprod")
 _CREATORS = ("zeros", "ones", "empty", "full", "arange", "eye", "linspace")
 for _name in _UFUNCS:
     globals()[_name] = _ufunc(getattr(numpy, _name))
