@@ -112,16 +112,18 @@ class AdamW(Optimizer):
         p.data -= d
 
 
-def clip_grad_norm(params, max_norm):
+def clip_grad_norm(params, max_norm, norm=None):
     """Scale all gradients together so their global L2 norm is at most max_norm; returns the norm
     before clipping (worth logging: spikes show instabilities) as a 0-d Tensor on the gradients'
     device, as PyTorch does. Everything stays on that device: `.item()` on the result is the one
-    wait for the GPU, and the caller chooses when to pay it."""
+    wait for the GPU, and the caller chooses when to pay it. `norm`: that norm, when it was
+    computed elsewhere (tensor parallel: over the shards of every rank)."""
     grads = [p.grad.data for p in params if p.grad is not None]
     if not grads:
         return Tensor(0.0)
     xp = get_array_module(grads[0])
-    total = xp.sqrt(sum((g * g).sum() for g in grads))        # 0-d, on the device
+    total = (xp.sqrt(sum((g * g).sum() for g in grads))       # 0-d, on the device
+             if norm is None else xp.asarray(norm))
     scale = xp.minimum(max_norm / (total + 1e-6), 1)          # 1 when the norm is within bounds
     if xp is not numpy or scale < 1:     # testing scale on the GPU would cost a sync; here it is free
         for g in grads:

@@ -24,11 +24,11 @@ from typing import Optional
 
 import numpy
 
-from . import backend, checkpoint, data, nn, precision, random
+from . import backend, checkpoint, data, distributed, nn, precision, random
 from .autograd import no_grad
 from .config_check import check_train_config
 from .generate import generate
-from .optim import AdamW, clip_grad_norm, cosine_schedule
+from .optim import AdamW, cosine_schedule
 from .tokenizer import Tokenizer
 
 @dataclass
@@ -60,6 +60,7 @@ class TrainConfig:
     dtype: str = "float32"
     precision: str = "fp32"          # "fp32" | "bf16" | "fp16": the format of the forward and backward
     loss_scale: float = 2.0 ** 16    # fp16: initial dynamic loss scale (precision.LossScaler); 0 = none
+    parallel: str = "none"           # under mpiexec: "data" or "tensor" (see minitx.distributed)
 
 
 # what a checkpoint must agree on to resume into a run: these fields of the TrainConfig, and every
@@ -93,10 +94,11 @@ def build_model(cfg, vocab_size):
 
 
 class Run:
-    """A run directory: checkpoint.npz, metrics.jsonl, loss.png, summary.json."""
+    """A run directory: checkpoint.npz, metrics.jsonl, loss.png, summary.json. Of the ranks of a
+    parallel run, only rank 0's Run writes (`writes`)."""
 
-    def __init__(self, out_dir):
-        self.dir = Path(out_dir)
+    def __init__(self, out_dir, writes=True):
+        self.dir, self.writes = Path(out_dir), writes
         self.checkpoint = self.dir / "checkpoint.npz"
         self.metrics = self.dir / "metrics.jsonl"
 
@@ -123,6 +125,8 @@ class Run:
                                   "to continue it, or choose another --out-dir")
 
     def log(self, record):
+        if not self.writes:
+            return
         with open(self.metrics, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -151,15 +155,23 @@ class Run:
     def truncate_after(self, step):
         """Forget what was logged after the checkpoint a resumed run starts from (the resumed run
         logs it again): training records past `step`, evaluations at or past it."""
+        if not self.writes:
+            return
         kept = [r for r in self.records() if r["step"] < step or (r["step"] == step and "loss" in r)]
         self.metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
-def save_state(run, cfg, model, opt, tokenizer, step, batch_rng, scaler=None):
-    arrays = {f"model/{name}": a for name, a in model.state_dict().items()}
+def save_state(run, cfg, model, opt, tokenizer, step, batch_rng, strategy, scaler=None):
+    """Write the checkpoint: whole arrays (a tensor-parallel run gathers its shards first), so
+    it resumes under any strategy."""
+    names = [name for name, _ in model.named_parameters()]  # the optimizer's order
+    arrays = {f"model/{name}": strategy.full(name, a) for name, a in model.state_dict().items()}
     optim = opt.state_dict()
     for i, state in enumerate(optim.pop("state")):
-        arrays.update({f"optim/{i}/{k}": backend.move_array(v, "cpu") for k, v in state.items()})
+        arrays.update({f"optim/{i}/{k}": strategy.full(names[i], backend.move_array(v, "cpu"))
+                       for k, v in state.items()})
+    if not run.writes:
+        return
     checkpoint.save(run.checkpoint, arrays, {
         "step": step, "config": asdict(cfg), "model_config": asdict(model.config),
         "tokenizer": tokenizer.to_dict(), "optimizer": optim,
@@ -176,7 +188,7 @@ def load_model(path, device="cpu"):
     return model, Tokenizer.from_dict(meta["tokenizer"]), meta
 
 
-def _restore(saved, run, cfg, model, opt, batch_rng, scaler=None):
+def _restore(saved, run, cfg, model, opt, batch_rng, strategy, scaler=None):
     """Load the checkpoint `saved` (checkpoint.read_run's (meta, arrays)) into model, optimizer
     and generators, if it comes from this config; returns its step."""
     meta, arrays = saved
@@ -188,9 +200,13 @@ def _restore(saved, run, cfg, model, opt, batch_rng, scaler=None):
     if differ:
         raise checkpoint.CheckpointError(f"checkpoint {run.checkpoint} comes from another config: "
                                          + ", ".join(differ))
-    model.load_state_dict(checkpoint.split_prefix(arrays, "model/"))
+    names = [name for name, _ in model.named_parameters()]
+    model.load_state_dict({name: strategy.part(name, a)
+                           for name, a in checkpoint.split_prefix(arrays, "model/").items()})
     optim = dict(meta["optimizer"])
-    optim["state"] = [checkpoint.split_prefix(arrays, f"optim/{i}/") for i in range(len(opt.params))]
+    optim["state"] = [{k: strategy.part(names[i], v)
+                       for k, v in checkpoint.split_prefix(arrays, f"optim/{i}/").items()}
+                      for i in range(len(opt.params))]
     opt.load_state_dict(optim)
     batch_rng.bit_generator.state = meta["rng"]["batches"]
     random.set_rng_state(meta["rng"]["minitx"])
@@ -200,18 +216,20 @@ def _restore(saved, run, cfg, model, opt, batch_rng, scaler=None):
 
 
 @no_grad()
-def estimate_loss(model, tokens, cfg, n_batches=None, seed=0):
-    """Mean loss over `n_batches` random batches, or over the whole split when n_batches is None."""
+def estimate_loss(model, tokens, cfg, n_batches=None, seed=0, strategy=None):
+    """Mean loss over `n_batches` random batches, or over the whole split when n_batches is None.
+    Data-parallel ranks split each random batch as in training; each sees the whole split."""
+    strategy = strategy or distributed.SingleProcess()
     model.eval()
     if n_batches is None:
         batches = data.iter_eval_batches(tokens, cfg.batch_size, cfg.model.block_size)
     else:
         rng = numpy.random.default_rng(seed)
-        batches = (data.get_batch(tokens, cfg.batch_size, cfg.model.block_size, rng)
+        batches = (strategy.get_batch(tokens, cfg.batch_size, cfg.model.block_size, rng)
                    for _ in range(n_batches))
     total = count = 0
     for x, y in batches:
-        total += model(x, y)[1].item() * y.size
+        total += strategy.loss(model(x, y)[1].item()) * y.size
         count += y.size
     model.train()
     return total / count
@@ -238,17 +256,29 @@ class _DeferredInterrupt:
 
 
 def train(cfg, resume=False, progress=True, say=print):
-    """Train per `cfg`; returns a summary dict (losses, timings, sample). See the module docstring."""
+    """Train per `cfg`; returns a summary dict (losses, timings, sample). See the module docstring.
+
+    With cfg.parallel "data" or "tensor", every rank of an mpiexec job calls this: rank 0 alone
+    writes and speaks, and an error on any rank ends them all (minitx.distributed).
+    """
+    strategy = distributed.setup(cfg.parallel, cfg.device)
+    with strategy.world.abort_on_error():
+        return _train(cfg, strategy, resume, progress and strategy.is_main,
+                      say if strategy.is_main else lambda *args: None)
+
+
+def _train(cfg, strategy, resume, progress, say):
     check_train_config(cfg)
     backend.check_device(cfg.device)
     policy = precision.make_policy(cfg.precision)
-    run = Run(cfg.out_dir)
+    run = Run(cfg.out_dir, writes=strategy.is_main)
     run.open(resume)
     tokenizer = cfg.tokenizer
     if resume:
         saved = checkpoint.read_run(run.checkpoint)  # checked whole before data or model are made
         tokenizer = Tokenizer.from_dict(saved[0]["tokenizer"])
-    tokenizer, train_tokens, val_tokens = data.prepare(cfg.data, tokenizer, cfg.vocab_size)
+    with strategy.world.main_first():  # rank 0 writes the token cache, the others read it
+        tokenizer, train_tokens, val_tokens = data.prepare(cfg.data, tokenizer, cfg.vocab_size)
     block_size = cfg.model.block_size
     for name, split in (("training", train_tokens), ("validation", val_tokens)):
         if len(split) < block_size + 1:
@@ -257,32 +287,37 @@ def train(cfg, resume=False, progress=True, say=print):
 
     random.manual_seed(cfg.seed)
     model = build_model(cfg, tokenizer.vocab_size)
+    n_params = model.n_params()  # of the whole model, before tensor parallel splits it
+    model = strategy.prepare(model)
     opt = AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     batch_rng = numpy.random.default_rng(cfg.seed)
     scaler = precision.LossScaler(cfg.loss_scale) if cfg.precision == "fp16" and cfg.loss_scale else None
-    step = _restore(saved, run, cfg, model, opt, batch_rng, scaler) if resume else 0
+    if scaler is not None and strategy.world.size > 1:
+        raise ValueError("fp16 loss scaling is not written for more than one process yet (each "
+                         "rank would decide alone whether to skip a step); use --precision bf16")
+    step = _restore(saved, run, cfg, model, opt, batch_rng, strategy, scaler) if resume else 0
     if resume:
         run.truncate_after(step)
         say(f"resuming {run.checkpoint} at step {step}")
-    n_params = model.n_params()
     # FLOPs per token, forward and backward: 6 per parameter, plus attention's 12 * layers * d * T
     flops_per_token = 6 * n_params + 12 * cfg.model.n_layer * cfg.model.d_model * block_size
     say(f"model: {n_params:,} parameters, vocab {tokenizer.vocab_size}, {len(train_tokens):,} training "
         f"tokens, device {cfg.device}")
 
     bar = _progress(cfg.max_iters, step, progress)
-    tokens_per_step = cfg.batch_size * block_size
+    tokens_per_step = strategy.global_batch(cfg.batch_size) * block_size
     started, first_step, interrupted = time.perf_counter(), step, False
     step_times = []
     with _DeferredInterrupt() as interrupt:
-        while step < cfg.max_iters and not interrupt.requested:
+        while step < cfg.max_iters and not strategy.world.any(interrupt.requested):
             if step % cfg.eval_interval == 0:
-                _evaluate(run, cfg, model, train_tokens, val_tokens, step, say if not progress else bar.write)
-                save_state(run, cfg, model, opt, tokenizer, step, batch_rng, scaler)
+                _evaluate(run, cfg, model, train_tokens, val_tokens, step,
+                          say if not progress else bar.write, strategy)
+                save_state(run, cfg, model, opt, tokenizer, step, batch_rng, strategy, scaler)
             t0 = time.perf_counter()
             opt.lr = cosine_schedule(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup_iters,
                                      total=cfg.max_iters)
-            x, y = data.get_batch(train_tokens, cfg.batch_size, block_size, batch_rng)
+            x, y = strategy.get_batch(train_tokens, cfg.batch_size, block_size, batch_rng)
             with precision.autocast(policy):
                 loss = model(x, y)[1]
             opt.zero_grad()
@@ -291,12 +326,14 @@ def train(cfg, resume=False, progress=True, say=print):
                 finite = True
             else:  # a step whose scaled gradients overflowed is skipped
                 finite = scaler.backward(loss, opt.params)
-            grad_norm = (clip_grad_norm(model.parameters(), cfg.grad_clip)
+            strategy.reduce_gradients()
+            grad_norm = (strategy.clip_grad_norm(model.parameters(), cfg.grad_clip)
                          if cfg.grad_clip and finite else None)
             if finite:
                 opt.step()
             # the step's one wait for the GPU (so the step time below is real)
             loss, grad_norm = _host_floats(loss, grad_norm)
+            loss = strategy.loss(loss)  # the mean over data-parallel ranks
             dt = time.perf_counter() - t0
             step += 1
             step_times.append(dt)
@@ -307,9 +344,9 @@ def train(cfg, resume=False, progress=True, say=print):
             run.log(record)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_step / dt:,.0f}")
-        interrupted = interrupt.requested
+        interrupted = step < cfg.max_iters
     bar.close()
-    save_state(run, cfg, model, opt, tokenizer, step, batch_rng, scaler)
+    save_state(run, cfg, model, opt, tokenizer, step, batch_rng, strategy, scaler)
     if interrupted:
         say(f"interrupted at step {step}: checkpoint saved to {run.checkpoint}; "
             "continue with --resume")
@@ -318,19 +355,20 @@ def train(cfg, resume=False, progress=True, say=print):
     summary = {"step": step, "steps_run": step - first_step, "wall_s": time.perf_counter() - started,
                "ms_per_iter": 1e3 * float(numpy.median(step_times)) if step_times else None,
                "n_params": n_params, "flops_per_token": flops_per_token}
-    summary.update(_evaluate(run, cfg, model, train_tokens, val_tokens, step, say,
+    summary.update(_evaluate(run, cfg, model, train_tokens, val_tokens, step, say, strategy,
                              full=cfg.full_eval))
     if summary["ms_per_iter"]:
         say(f"{summary['steps_run']} iterations in {summary['wall_s']:.1f} s, {summary['ms_per_iter']:.1f} ms/iter "
             f"(median), {flops_per_token * tokens_per_step / summary['ms_per_iter'] / 1e6:.2f} GFLOP/s")
-    plot_losses(run)
-    if cfg.sample_tokens:
+    if cfg.sample_tokens:  # every rank samples: a tensor-parallel forward needs all of them
         rng = numpy.random.default_rng(cfg.seed)
         prompt = tokenizer.encode("\n")
         text = tokenizer.decode(list(generate(model, prompt, cfg.sample_tokens, rng, 0.8, 200)))
         say("---- sample ----\n" + text)
         summary["sample"] = text
-    (run.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if run.writes:
+        plot_losses(run)
+        (run.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -353,12 +391,13 @@ def _stop_if_not_finite(loss, grad_norm, step):
                                      "is intact: try a lower --lr or a --grad-clip")
 
 
-def _evaluate(run, cfg, model, train_tokens, val_tokens, step, say, full=False):
+def _evaluate(run, cfg, model, train_tokens, val_tokens, step, say, strategy, full=False):
     """Log train/val loss: estimates from eval_iters batches, or the whole val split if full."""
     if full:
         losses = {"val_loss_full": estimate_loss(model, val_tokens, cfg)}
     else:
-        losses = {name: estimate_loss(model, tokens, cfg, cfg.eval_iters, seed=cfg.seed + step)
+        losses = {name: estimate_loss(model, tokens, cfg, cfg.eval_iters, seed=cfg.seed + step,
+                                      strategy=strategy)
                   for name, tokens in (("train_loss", train_tokens), ("val_loss", val_tokens))}
     run.log({"step": step, **losses})
     say(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))

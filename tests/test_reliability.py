@@ -15,6 +15,7 @@ import pytest
 
 import minitx
 from minitx import checkpoint, train as train_module
+from minitx.distributed import strategy as strategy_module
 from minitx.__main__ import main
 from minitx.config_check import ConfigError
 from minitx.generate import generate
@@ -193,13 +194,13 @@ def test_resume_after_a_truncated_metrics_line_and_count_only_the_new_steps(corp
 
 
 def test_a_non_finite_gradient_norm_stops_the_run_before_it_is_saved(corpus, tmp_path, capsys, monkeypatch):
-    real = train_module.clip_grad_norm
+    real = strategy_module.clip_grad_norm  # the training loop clips through its strategy
     calls = []
 
     def clip(params, max_norm):
         calls.append(real(params, max_norm))
         return calls[-1] if len(calls) < 3 else calls[-1] * float("inf")   # a 0-d tensor, as clipping gives
-    monkeypatch.setattr(train_module, "clip_grad_norm", clip)
+    monkeypatch.setattr(strategy_module, "clip_grad_norm", clip)
     out = tmp_path / "run"
     code = tiny_train(corpus, out, "--max-iters", "6", "--eval-interval", "2")
     assert "the gradient norm became inf at step 3" in one_line_error(capsys, code)
