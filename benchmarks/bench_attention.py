@@ -29,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minitx  # noqa: E402
+from threads import recorded  # noqa: E402
 from minitx import backend  # noqa: E402
 from minitx.kernels import attention_backward, attention_forward  # noqa: E402
 
@@ -37,8 +38,6 @@ try:
 except ImportError:
     torch = None
 
-THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                    "MKL_NUM_THREADS")   # recorded with the command when set
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 CONFIGS = {   # device -> sizes, and the largest N the N^2-memory reference runs at
     "cpu": dict(B=4, H=4, D=32, Ns=(256, 512, 1024, 2048, 4096, 8192), quick_Ns=(256, 512, 1024),
@@ -299,7 +298,7 @@ def main():
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
 
-    threads = [f"{name}={os.environ[name]}" for name in THREAD_VARIABLES if name in os.environ]
+    threads = recorded()
     command = " ".join(threads + ["python benchmarks/bench_attention.py"] + sys.argv[1:])
     if not args.no_record:
         record("\n".join([

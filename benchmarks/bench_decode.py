@@ -14,8 +14,7 @@ transformers' generate with its cache.
 import argparse
 import os
 
-# set before NumPy and torch load (run.py's list; importing run.py would load them)
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+from threads import use_threads  # before NumPy and torch load
 
 
 def parse_args():
@@ -30,15 +29,13 @@ def parse_args():
 
 if __name__ == "__main__":
     ARGS = parse_args()
-    for variable in THREAD_VARIABLES:
-        os.environ[variable] = str(ARGS.threads)
+    use_threads(ARGS.threads)
 
 import datetime  # noqa: E402
 import shlex  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-import numpy  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 

@@ -21,7 +21,7 @@ Targets: minitx's step at most 1.5x PyTorch's on the CPU (stretch: parity), 2x o
 import argparse
 import os
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+from threads import use_threads  # before NumPy and torch load
 
 
 def parse_args():
@@ -41,8 +41,7 @@ def parse_args():
 if __name__ == "__main__":
     ARGS = parse_args()
     # BLAS, OpenMP and numba read their thread counts once, when loaded: set them before the imports
-    for variable in THREAD_VARIABLES:
-        os.environ[variable] = str(ARGS.threads)
+    use_threads(ARGS.threads)
 
 import datetime  # noqa: E402
 import platform  # noqa: E402
