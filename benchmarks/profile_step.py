@@ -20,6 +20,7 @@ gives cProfile's view: the functions with the most self time.
 import cProfile
 import importlib
 import pstats
+import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -86,11 +87,18 @@ def instrumented(seconds, calls):
         restore.append((owner, name, owner.__dict__[name]))
         setattr(owner, name, value)
 
+    def patch_everywhere(owner, name, key):
+        """Time `owner.name` wherever a minitx module holds it (ops import kernels by name)."""
+        original = getattr(owner, name)
+        wrapper = timed(original, key)
+        for module in list(sys.modules.values()):
+            if (getattr(module, "__name__", "").startswith("minitx")
+                    and module.__dict__.get(name) is original):
+                patch(module, name, wrapper)
+
     for name in ("attention_forward", "attention_backward"):
-        patch(minitx.kernels, name, timed(getattr(minitx.kernels, name), "attention kernel"))
-    contract = timed(einsum_module.contract, "einsum contract")
-    patch(einsum_module, "contract", contract)
-    patch(minitx.nn.functional, "contract", contract)   # Linear calls contract directly
+        patch_everywhere(minitx.kernels, name, "attention kernel")
+    patch_everywhere(einsum_module, "contract", "einsum contract")
     patch(minitx.autograd, "backward", timed(minitx.autograd.backward, "backward walk"))
     patch(minitx.autograd, "unbroadcast", timed(minitx.autograd.unbroadcast, "unbroadcast"))
     apply = timed(Function.__dict__["apply"].__func__, "Function.apply")
