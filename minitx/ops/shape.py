@@ -111,9 +111,25 @@ class Take(Function):
         grad = xp.moveaxis(grad, tuple(range(axis, axis + k)), tuple(range(k)))
         grad = grad.reshape(indices.size, -1)
         da = xp.zeros((ctx.shape[axis], grad.shape[1]), grad.dtype)
-        xp.add.at(da, indices.ravel(), grad)
+        if xp is numpy:
+            _add_rows(da, indices.ravel(), grad)
+        else:
+            xp.add.at(da, indices.ravel(), grad)
         rest = ctx.shape[:axis] + ctx.shape[axis + 1:]
         return xp.moveaxis(da.reshape((ctx.shape[axis],) + rest), 0, axis)
+
+
+def _add_rows(out, indices, rows):
+    """out[indices[i]] += rows[i] for every i, repeated indices adding up: numpy.add.at(out,
+    indices, rows), but sorted so that each run of equal indices is one numpy.add.reduceat
+    (add.at handles one element at a time, about 20x slower for an embedding's gradient)."""
+    if not len(indices):
+        return
+    indices = numpy.where(indices < 0, indices + len(out), indices)
+    order = numpy.argsort(indices, kind="stable")
+    ordered = indices[order]
+    starts = numpy.flatnonzero(numpy.r_[True, ordered[1:] != ordered[:-1]])
+    out[ordered[starts]] += numpy.add.reduceat(rows[order], starts, axis=0)
 
 
 class Concatenate(Function):
