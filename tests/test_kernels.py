@@ -14,17 +14,18 @@ import numpy as np
 import pytest
 
 from minitx import backend, kernels
-from minitx.kernels import (cupy_attention, numba_attention, numba_pointwise, reference,
-                            reference_pointwise)
+from minitx.kernels import (cupy_attention, numba_attention, numba_attention_short,
+                            numba_pointwise, reference, reference_pointwise)
 
 GPU = backend.cuda_available()
 FUSED = [   # (fused kernel module, device of its arrays)
     pytest.param((numba_attention, "cpu"), id="numba"),
+    pytest.param((numba_attention_short, "cpu"), id="numba-short"),
     pytest.param((cupy_attention, "cuda"), id="cupy",
                  marks=[pytest.mark.gpu,
                         pytest.mark.skipif(not GPU, reason="needs cupy and a GPU")]),
 ]
-MODULES = [reference, numba_attention, cupy_attention]
+MODULES = [reference, numba_attention, numba_attention_short, cupy_attention]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +279,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("module", MODULES, ids=["reference", "numba", "cupy"])
+@pytest.mark.parametrize("module", MODULES, ids=["reference", "numba", "numba-short", "cupy"])
 @pytest.mark.parametrize("name, bad, message", BAD, ids=[b[0] for b in BAD])
 def test_bad_inputs(module, name, bad, message):
     (q, k, v), options = bad
@@ -300,19 +301,24 @@ def test_bad_backward_shapes():
 
 def test_dispatch(monkeypatch):
     q = np.zeros((1, 1, 2, 4))
-    long_keys = kernels.FUSED_MIN_SIZE[("attention", "cpu")]
+    short_keys = kernels.FUSED_MIN_SIZE[("attention", "cpu")]
+    long_keys = kernels.SHORT_BELOW[("attention", "cpu")][0]
     monkeypatch.delenv("MINITX_KERNELS", raising=False)
-    assert kernels.choose("attention", q, long_keys) is numba_attention
-    assert kernels.choose("attention", q, long_keys - 1) is reference   # few keys: reference wins
-    assert kernels.choose("attention", q, 2, "fused") is numba_attention
+    assert kernels.choose("attention", q, long_keys) is numba_attention          # flash
+    assert kernels.choose("attention", q, long_keys - 1) is numba_attention_short
+    assert kernels.choose("attention", q, short_keys) is numba_attention_short
+    assert kernels.choose("attention", q, short_keys - 1) is reference   # few keys: reference wins
+    assert kernels.choose("attention", q, 2, "fused") is numba_attention_short
+    assert kernels.choose("attention", q, long_keys, "fused") is numba_attention
     assert kernels.choose("attention", q, long_keys, "reference") is reference
     assert kernels.choose("pointwise", q, 1) is numba_pointwise          # no minimum size
     monkeypatch.setenv("MINITX_KERNELS", "reference")                    # one switch for all
     assert kernels.choose("attention", q, long_keys) is reference
     assert kernels.choose("pointwise", q, 1) is reference_pointwise
-    assert kernels.choose("attention", q, 2, "fused") is numba_attention   # an explicit choice wins
+    assert kernels.choose("attention", q, 2, "fused") is numba_attention_short   # explicit wins
     monkeypatch.setenv("MINITX_KERNELS", "fused")
-    assert kernels.choose("attention", q, 2) is numba_attention
+    assert kernels.choose("attention", q, 2) is numba_attention_short
+    assert kernels.choose("attention", q, long_keys) is numba_attention
     monkeypatch.setenv("MINITX_KERNELS", "fast")
     with pytest.raises(ValueError, match="MINITX_KERNELS"):
         kernels.choose("attention", q, 2)
@@ -327,7 +333,8 @@ def test_the_kernel_decision_lives_in_one_module():
     sources = {str(p.relative_to(root)): p.read_text() for p in root.rglob("*.py")}
     assert {name for name, text in sources.items() if "MINITX_" + "KERNELS" in text} == \
         {"kernels/__init__.py"}
-    kernel_modules = r"numba_attention|numba_pointwise|cupy_attention|reference_pointwise|kernels\.reference"
+    kernel_modules = (r"numba_attention|numba_attention_short|numba_pointwise|numba_math|"
+                      r"cupy_attention|reference_pointwise|kernels\.reference")
     assert [name for name, text in sources.items()
             if not name.startswith("kernels/") and re.search(kernel_modules, text)] == []
 
@@ -390,10 +397,11 @@ def test_compile_notice_only_when_compiling(tmp_path):
     assert "preparing" not in second.stderr
 
 
-def test_numba_kernel_runs_as_plain_python():
+@pytest.mark.parametrize("kernel", ["numba_attention", "numba_attention_short"])
+def test_numba_kernel_runs_as_plain_python(kernel):
     """NUMBA_DISABLE_JIT=1 (the documented way to debug the kernel) still gives the same numbers."""
     code = (
-        "import numpy as np; from minitx.kernels import numba_attention as f, reference as r\n"
+        f"import numpy as np; from minitx.kernels import {kernel} as f, reference as r\n"
         "g = np.random.default_rng(0); q = g.standard_normal((1, 2, 7, 3))\n"
         "k, v = g.standard_normal((2, 1, 1, 9, 3)); m = np.arange(9)[None] != 4\n"
         "opt = dict(causal=True, window=4, prefix=2, key_mask=m)\n"

@@ -30,80 +30,24 @@ import sys
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba.core import types
-from numba.extending import intrinsic
 
 from ._checks import check_backward, check_forward, kernel_options
+from .numba_math import exp, exp_constants
 
 SUPPORTED_DTYPES = ("float32", "float64")
 BLOCK_Q = 64    # query rows per block
 BLOCK_K = 128   # keys per block
 
 
-@intrinsic
-def _pow2(typingctx, n, like):
-    """2^n as a float of `like`'s type (float32 or float64), for an integer n whose power is a
-    normal number (float32: -126 <= n <= 127): the exponent field n + bias, shifted into place,
-    read as a float. No arithmetic, so LLVM vectorises the loops it sits in."""
-    if like == types.float32:
-        width, bias, shift, float_type = 32, 127, 23, ir.FloatType()
-    else:
-        width, bias, shift, float_type = 64, 1023, 52, ir.DoubleType()
-
-    def codegen(context, builder, signature, args):
-        n = args[0]
-        if n.type.width > width:
-            n = builder.trunc(n, ir.IntType(width))
-        elif n.type.width < width:
-            n = builder.sext(n, ir.IntType(width))
-        exponent = builder.add(n, ir.Constant(ir.IntType(width), bias))
-        bits = builder.shl(exponent, ir.Constant(ir.IntType(width), shift))
-        return builder.bitcast(bits, float_type)
-    return like(n, like), codegen
-
-
-if numba.config.DISABLE_JIT:   # plain Python (NUMBA_DISABLE_JIT=1) has no intrinsics
-    def _pow2(n, like):
-        return type(like)(2.0 ** int(n))
-
-
-def exp_constants(dtype):
-    """The constants of `_exp_shifted`, in `dtype` so that float32 arithmetic stays float32:
-    the Taylor coefficients of e^r (1/7! down to 1/0! for float32, 1/12! for float64), 1/ln 2,
-    ln 2 split in a high part with few bits and the rest (Cody and Waite), and the cut-off
-    t_min = -87 below which e^t counts as 0."""
-    degree = 7 if dtype == np.float32 else 12
-    taylor = tuple(dtype.type(1 / math.factorial(i)) for i in range(degree, -1, -1))
-    ln2_hi = 0.693145751953125 if dtype == np.float32 else 0.6931471803691238   # 15 / 32 bits
-    ln2_lo = math.log(2) - ln2_hi
-    return taylor, dtype.type(1 / math.log(2)), dtype.type(ln2_hi), dtype.type(ln2_lo), \
-        dtype.type(-87)
-
-
 @numba.njit(cache=True, fastmath={"contract"})
 def _exp_shifted(x, shift, taylor, log2e, ln2_hi, ln2_lo, t_min):
     """x[j, i] = exp(x[j, i] - shift[i]) in place, for x <= shift (scores minus their query's
-    running maximum or lse; x is a transposed block, one column per query).
-
-    e^t = e^r * 2^n, with n = round(t / ln 2) and r = t - n ln 2 in [-0.35, 0.35]; n ln 2 is
-    subtracted in two parts, the first exact (n * ln2_hi has few bits), so r keeps its precision.
-    e^r is its Taylor series (degree 7 for float32, 12 for float64: relative error below the
-    dtype's rounding); 2^n is made from its bits (`_pow2`). Below t_min = -87, e^t is under
-    float32's smallest normal number and under 1e-37 of a softmax row's sum (at least 1): the
-    result is 0. NaN stays NaN. ("contract" lets LLVM fuse each p * r + c into one instruction.)
-    """
-    zero = t_min - t_min               # 0 in x's dtype (a bare 0 would turn float32 to float64)
+    running maximum or lse; x is a transposed block, one column per query). The constants come
+    from `exp_constants`; see numba_math.exp. Below t_min = -87 the result is 0: under 1e-37 of
+    a softmax row's sum, which is at least 1."""
     for j in range(x.shape[0]):
         for i in range(x.shape[1]):
-            t = x[j, i] - shift[i]
-            n = np.rint((t if t >= t_min else t_min) * log2e)   # -126 <= n <= 0, even for NaN
-            r = (t - n * ln2_hi) - n * ln2_lo
-            p = taylor[0]
-            for c in taylor[1:]:
-                p = p * r + c
-            p *= _pow2(np.int32(n), p)
-            x[j, i] = zero if t < t_min else p
+            x[j, i] = exp(x[j, i] - shift[i], taylor, log2e, ln2_hi, ln2_lo, t_min)
 
 
 @numba.njit(cache=True)
@@ -241,9 +185,11 @@ def _announce_compiling(kernel, dtype):
     compile.)"""
     if not hasattr(kernel, "signatures"):
         return
-    signatures = list(kernel.signatures)
+    if any(sig[0].dtype.name == dtype.name for sig in kernel.signatures):
+        return   # compiled or loaded in this process already: the common case, no file read
+    signatures = []
     try:  # what numba's cache on disk holds (its index, keyed by signature)
-        signatures += [key[0] for key in kernel._cache._cache_file._load_index()]
+        signatures = [key[0] for key in kernel._cache._cache_file._load_index()]
     except Exception:  # numba's internals moved: announce rather than stay silent
         pass
     if not any(sig[0].dtype.name == dtype.name for sig in signatures):
