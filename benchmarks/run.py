@@ -1,6 +1,6 @@
 """A minitx training step against PyTorch's, after checking that both compute the same thing.
 
-    python benchmarks/run.py [--device cpu|cuda|all] [--iters N] [--threads N] [--note TEXT]
+    python benchmarks/run.py [--device cpu|cuda|all] [--iters N] [--runs N] [--threads N] [--note TEXT]
 
 Per device, minitx's DecoderOnly at that device's training preset (shakespeare-cpu: 4 layers,
 4 heads, d_model 128, block 64, batch 12; shakespeare-gpu: 6 layers, 6 heads, d_model 384,
@@ -9,7 +9,8 @@ same weights. Then:
   1. check: one batch gives the same loss (within 1e-4) and the same gradients (1e-3 relative)
   2. time the whole training step of each (forward, zero_grad, backward, clipping to norm 1,
      AdamW), warmed up, in rounds that alternate between the two so a busy machine slows both
-     alike; report the median, the quartiles, tokens/s and the ratio minitx / PyTorch
+     alike; that is one run, and --runs of them follow each other in this one invocation. Report
+     the median, the quartiles, tokens/s, each run's ratio minitx / PyTorch and the median ratio
   3. on the CPU, profile minitx's step (profile_step.py): attention, matmuls, other ops, graph
      bookkeeping, and cProfile's functions with the most self time
 Both run with the same number of threads (--threads; default: every core this process may use).
@@ -27,7 +28,10 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
                         help="all: the CPU, and the GPU when there is one")
-    parser.add_argument("--iters", type=int, default=100, help="timed steps per framework and device")
+    parser.add_argument("--iters", type=int, default=100,
+                        help="timed steps per framework, device and run")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="interleaved runs (each alternates the frameworks); the ratio is their median")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="CPU threads for both frameworks (BLAS, OpenMP, numba)")
     parser.add_argument("--note", default="", help="a line recorded with the results, e.g. the machine's load")
@@ -186,17 +190,21 @@ def bench(device, args):
 
     steps = {"minitx": lambda i: profile_step.train_step(model, opt, *batches[i % len(batches)], cfg.grad_clip),
              "PyTorch": lambda i: torch_twin.train_step(twin, twin_opt, *twin_batches[i % len(batches)], cfg.grad_clip)}
-    times = measure(steps, args.iters, synchronizer(device))
+    runs = [measure(steps, args.iters, synchronizer(device)) for _ in range(args.runs)]
+    run_ratios = [numpy.median(r["minitx"]) / numpy.median(r["PyTorch"]) for r in runs]
+    times = {name: numpy.concatenate([r[name] for r in runs]) for name in steps}
     tokens_per_step = cfg.batch_size * m.block_size
-    result = {"device": device, "preset": PRESETS[device], "loss_diff": loss_diff, "grad_err": grad_err}
+    result = {"device": device, "preset": PRESETS[device], "loss_diff": loss_diff, "grad_err": grad_err,
+              "run_ratios": run_ratios}
     for name, t in times.items():
         q1, median, q3 = 1e3 * numpy.percentile(t, [25, 50, 75])
         result[name] = {"median": median, "q1": q1, "q3": q3, "tokens_per_s": tokens_per_step / (median / 1e3)}
         print(f"  {name:8s} {median:8.1f} ms/step (quartiles {q1:.1f} to {q3:.1f}, min {1e3 * t.min():.1f}, "
               f"{len(t)} steps), {result[name]['tokens_per_s']:,.0f} tokens/s")
-    result["ratio"] = result["minitx"]["median"] / result["PyTorch"]["median"]
+    result["ratio"] = float(numpy.median(run_ratios))
     target, stretch = TARGETS[device]
-    print(f"  minitx / PyTorch = {result['ratio']:.2f}  (target at most {target}x, stretch {stretch}x)")
+    print(f"  minitx / PyTorch = {result['ratio']:.2f}, the median of {len(runs)} interleaved runs "
+          f"({', '.join(f'{r:.2f}' for r in run_ratios)}); target at most {target}x, stretch {stretch}x")
 
     if device == "cpu":
         result["profile"] = profile_step.breakdown(model, opt, batches)
@@ -236,7 +244,10 @@ def markdown(results, info, command, note):
                      f"| {t['median']:.1f} ({t['q1']:.1f}-{t['q3']:.1f}) | {m['tokens_per_s']:,.0f} "
                      f"| {t['tokens_per_s']:,.0f} | **{r['ratio']:.2f}x** | {target}x ({stretch}x) "
                      f"| {r['loss_diff']:.0e}, {r['grad_err']:.0e} |")
-    lines += ["", "Medians of per-step times with quartiles in brackets; a step is forward, zero_grad, "
+    lines += ["", "Medians of per-step times with quartiles in brackets, over all runs; minitx / PyTorch is the "
+              "median of the runs' ratios (" + "; ".join(
+                  f"{r['device']}: " + ", ".join(f"{x:.2f}" for x in r["run_ratios"]) for r in results)
+              + "), each run alternating the two frameworks in rounds; a step is forward, zero_grad, "
               "backward, gradient clipping and AdamW."]
     for r in results:
         if "profile" not in r:
