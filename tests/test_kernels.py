@@ -77,6 +77,11 @@ CASES = [
     ("N=1", (2, 2, 2, 1, 1, 16), dict(causal=True)),
     ("decode", (2, 4, 2, 1, 70, 16), dict(causal=True, key_mask=True)),   # one query, KV cache
     ("large-scores", (1, 2, 2, 70, 70, 16), dict(causal=True, spread=40.0)),
+    # several of the flash kernel's blocks (up to 256 rows and keys) in each direction
+    ("long-causal", (1, 2, 2, 600, 600, 8), dict(causal=True)),
+    ("long-window-prefix-padding", (2, 2, 1, 530, 530, 8), dict(causal=True, window=300,
+                                                                 prefix=270, key_mask=True)),
+    ("long-cross", (1, 2, 2, 300, 530, 8), dict(key_mask=True)),
 ]
 
 

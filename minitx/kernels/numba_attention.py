@@ -35,8 +35,13 @@ from ._checks import check_backward, check_forward, kernel_options
 from .numba_math import exp, exp_constants
 
 SUPPORTED_DTYPES = ("float32", "float64")
-BLOCK_Q = 64    # query rows per block
-BLOCK_K = 128   # keys per block
+# Block sizes, measured at (B=4, H=4, N=1024, D=32) on 2 cores (benchmarks/RESULTS.md): larger
+# blocks make each BLAS call longer (its set-up is paid less often) while the blocks still fit in
+# a core's L2 cache. The backward's five products per block pair favour square 256 blocks.
+BLOCK_Q = 128            # forward: query rows per block
+BLOCK_K = 256            # forward: keys per block
+BACKWARD_BLOCK_Q = 256   # backward: query rows per block
+BACKWARD_BLOCK_K = 256   # backward: keys per block
 
 
 @numba.njit(cache=True, fastmath={"contract"})
@@ -150,13 +155,13 @@ def _backward_kernel(q, k, v, do, lse, delta, key_mask, causal, window, prefix, 
     offset = Nk - Nq
     for task in numba.prange(B * Hkv):
         b, kv = task // Hkv, task % Hkv
-        for j0 in range(0, Nk, BLOCK_K):
-            j1 = min(j0 + BLOCK_K, Nk)
+        for j0 in range(0, Nk, BACKWARD_BLOCK_K):
+            j1 = min(j0 + BACKWARD_BLOCK_K, Nk)
             k_j, v_j = k[b, kv, j0:j1], v[b, kv, j0:j1]             # (n_j, D)
             dk_j, dv_j = dk[b, kv, j0:j1], dv[b, kv, j0:j1]
             for h in range(kv * G, (kv + 1) * G):
-                for i0 in range(0, Nq, BLOCK_Q):
-                    i1 = min(i0 + BLOCK_Q, Nq)
+                for i0 in range(0, Nq, BACKWARD_BLOCK_Q):
+                    i1 = min(i0 + BACKWARD_BLOCK_Q, Nq)
                     if not _block_visible(i0 + offset, i1 - 1 + offset, j0, j1,
                                           causal, window, prefix):
                         continue
