@@ -16,7 +16,16 @@ splits the step into
 The wrappers are installed for the profiled steps only and removed afterwards; they cost about a
 microsecond per call, so a profiled step runs a little slower than a timed one. `top_functions`
 gives cProfile's view: the functions with the most self time.
+
+Run alone, it prints the breakdown of the shakespeare-cpu step of this checkout:
+
+    OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/profile_step.py --cpu-time
+
+--cpu-time reads the process's CPU time instead of the wall clock: with one thread it is the
+time the step computed, whatever else the machine runs, so profiles taken on a busy machine
+(or of two checkouts, one after the other) stay comparable.
 """
+import argparse
 import cProfile
 import importlib
 import pstats
@@ -25,6 +34,8 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the minitx of this checkout
 
 import minitx.autograd
 import minitx.kernels
@@ -167,3 +178,42 @@ def top_functions(step, n_steps=5, top=15):
         where = f"{Path(file).parent.name}/{Path(file).name}:{line}" if line else file
         rows.append((f"{name} ({where})", 1e3 * self_time / n_steps, n_calls / n_steps))
     return sorted(rows, key=lambda r: -r[1])[:top]
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Where a minitx shakespeare-cpu training step "
+                                                 "spends its time")
+    parser.add_argument("--steps", type=int, default=20, help="profiled steps")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with the process's CPU time (use with one thread)")
+    args = parser.parse_args()
+    import numpy
+    import minitx
+    from minitx.optim import AdamW
+    from minitx.train import build_model, preset
+    minitx.use_fast_cpu_settings()
+    if args.cpu_time:
+        time.perf_counter = time.process_time    # every timer below reads the CPU time
+    cfg = preset("shakespeare-cpu")
+    minitx.manual_seed(cfg.seed)
+    model = build_model(cfg, 65)
+    opt = AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                weight_decay=cfg.weight_decay)
+    tokens = numpy.random.default_rng(cfg.seed).integers(0, 65, (8, cfg.batch_size,
+                                                                  cfg.model.block_size + 1))
+    batches = [(t[:, :-1], t[:, 1:]) for t in tokens]
+    for i in range(5):                                # warm up: numba loads its kernels
+        train_step(model, opt, *batches[i % len(batches)])
+    p = breakdown(model, opt, batches, n_steps=args.steps)
+    clock = "CPU time" if args.cpu_time else "wall clock"
+    print(f"profiled step {p['step']:.1f} ms ({clock}), {p['nodes']:.0f} graph nodes\n")
+    print("| part | ms/step | share |\n|---|---|---|")
+    for part, ms in p["parts"].items():
+        print(f"| {part} | {ms:.2f} | {100 * ms / p['step']:.1f} % |")
+    print("\n| op | calls/step | forward ms | backward ms |\n|---|---|---|---|")
+    for name, (calls, fwd, bwd) in list(p["ops"].items())[:10]:
+        print(f"| {name} | {calls:.0f} | {fwd:.2f} | {bwd:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -53,6 +53,8 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+# time the minitx of this checkout, not another one that happens to be installed
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import minitx  # noqa: E402
 import numba  # noqa: E402
 import numpy  # noqa: E402
