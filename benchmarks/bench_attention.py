@@ -1,6 +1,6 @@
 """Attention kernels side by side: the einsum reference, the fused kernel, and PyTorch's
 scaled_dot_product_attention where torch imports. "fused" is what kernels.choose picks for
-kernels="fused": on the CPU the short-sequence kernel below 256 keys, the flash kernel above.
+kernels="fused": on the CPU the short-sequence kernel below 512 keys, the flash kernel from 512.
 
 For each size it first checks that the fused kernel agrees with the reference on the benchmark
 inputs, then times forward and forward+backward (best of several runs after a warm-up: numba

@@ -38,11 +38,11 @@ FUSED = {"attention": {"cpu": numba_attention, "cuda": cupy_attention},
 # Below this size (attention: number of keys) the reference is faster on that device, and below
 # SHORT_BELOW the CPU's fused attention is the short-sequence kernel, whose whole score tile per
 # head beats the flash kernel's streaming there (measured in benchmarks/RESULTS.md, "CPU
-# attention: which kernel where"): reference below 64 keys, the short kernel from 64 to 255
-# (the training preset's 64 keys included), the flash kernel from 256 on, where its memory stays
-# linear in N and causal masks let it skip whole blocks.
+# attention: which kernel where"): reference below 64 keys, the short kernel from 64 to 511
+# (the training preset's 64 keys included), the flash kernel from 512 on, where causal masks let
+# it skip whole blocks and its memory stays linear in N.
 FUSED_MIN_SIZE = {("attention", "cpu"): 64}
-SHORT_BELOW = {("attention", "cpu"): (256, numba_attention_short)}
+SHORT_BELOW = {("attention", "cpu"): (512, numba_attention_short)}
 _warned = set()
 
 

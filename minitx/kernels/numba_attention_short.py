@@ -16,9 +16,9 @@ copied into contiguous tiles (scaled, in cache) straight from the strided views 
 heads off a projection gives, and the outputs go back in their inputs' memory order, so neither
 side of the kernel copies whole arrays. Each product is one BLAS call (`np.dot` with `out=`, no
 temporary), every elementwise loop runs along the contiguous query axis of the transposed tile
-so LLVM vectorises it, and exp is numba_math.exp. Memory is N^2 per head in flight (one tile per thread),
-not per call: the dispatch (kernels.choose) uses this kernel below FUSED_MIN_SIZE keys only,
-where it beats both the reference and the flash kernel (benchmarks/RESULTS.md).
+so LLVM vectorises it, and exp is numba_math.exp. Memory is Nq x Nk per head in flight (a few tiles per
+thread), not per call: the dispatch (kernels.choose) uses this kernel below SHORT_BELOW keys
+only, where it beats both the reference and the flash kernel (benchmarks/RESULTS.md).
 
 Same contract, options and tests as the other kernels; NUMBA_DISABLE_JIT=1 runs it as Python.
 """
