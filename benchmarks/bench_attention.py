@@ -1,5 +1,6 @@
 """Attention kernels side by side: the einsum reference, the fused kernel, and PyTorch's
-scaled_dot_product_attention where torch imports.
+scaled_dot_product_attention where torch imports. "fused" is what kernels.choose picks for
+kernels="fused": on the CPU the short-sequence kernel below 512 keys, the flash kernel from 512.
 
 For each size it first checks that the fused kernel agrees with the reference on the benchmark
 inputs, then times forward and forward+backward (best of several runs after a warm-up: numba
@@ -9,8 +10,8 @@ of cupy's memory pool).
 The table is printed and appended, with machine, versions, date and command, to
 benchmarks/RESULTS.md.
 
-    python benchmarks/bench_attention.py                  # CPU: B=4, H=4, D=32, N = 256 .. 8192
-    python benchmarks/bench_attention.py --quick          # N = 256 .. 1024
+    python benchmarks/bench_attention.py                  # CPU: B=4, H=4, D=32, N = 64 .. 8192
+    python benchmarks/bench_attention.py --quick          # N = 64, 256, 1024
     python benchmarks/bench_attention.py --device cuda    # GPU: B=4, H=12, N=4096, D=64, causal
 
 Thread counts follow the usual variables (NUMBA_NUM_THREADS, OMP_NUM_THREADS for torch,
@@ -40,7 +41,8 @@ except ImportError:
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 CONFIGS = {   # device -> sizes, and the largest N the N^2-memory reference runs at
-    "cpu": dict(B=4, H=4, D=32, Ns=(256, 512, 1024, 2048, 4096, 8192), quick_Ns=(256, 512, 1024),
+    "cpu": dict(B=4, H=4, D=32, Ns=(64, 128, 256, 512, 1024, 2048, 4096, 8192),
+                quick_Ns=(64, 256, 1024),
                 reference_max_N=2048, masks=("none", "causal")),
     "cuda": dict(B=4, H=12, D=64, Ns=(4096,), quick_Ns=(1024,), reference_max_N=4096,
                  masks=("causal",)),

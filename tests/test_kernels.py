@@ -13,15 +13,16 @@ import numpy as np
 import pytest
 
 from minitx import backend, kernels
-from minitx.kernels import (cupy_attention, dropout_mask, numba_attention, numba_pointwise,
-                            reference, reference_pointwise)
+from minitx.kernels import (cupy_attention, dropout_mask, numba_attention, numba_attention_short,
+                            numba_pointwise, reference, reference_pointwise)
 
 FUSED = [   # (fused kernel module, device of its arrays); on CPU-only machines the CUDA
             # kernels run on the CuPy stand-in (MINITX_FAKE_CUPY=1), their blocks emulated
     pytest.param((numba_attention, "cpu"), id="numba"),
+    pytest.param((numba_attention_short, "cpu"), id="numba-short"),
     pytest.param((cupy_attention, "cuda"), id="cupy", marks=pytest.mark.gpu),
 ]
-MODULES = [reference, numba_attention, cupy_attention]
+MODULES = [reference, numba_attention, numba_attention_short, cupy_attention]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,6 +84,13 @@ CASES = [
     ("dropout-causal", (2, 2, 2, 130, 130, 16), dict(causal=True, dropout=0.2, seed=11)),
     ("bias-dropout-gqa-window", (2, 4, 1, 70, 90, 16), dict(causal=True, window=30, bias=(70, 90),
                                                              dropout=0.5, seed=12)),
+    # several of the flash kernel's blocks (up to 256 rows and keys) in each direction
+    ("long-causal", (1, 2, 2, 600, 600, 8), dict(causal=True)),
+    ("long-window-prefix-padding", (2, 2, 1, 530, 530, 8), dict(causal=True, window=300,
+                                                                 prefix=270, key_mask=True)),
+    ("long-cross", (1, 2, 2, 300, 530, 8), dict(key_mask=True)),
+    ("long-bias-dropout", (1, 2, 1, 300, 530, 8), dict(key_mask=True, bias=(300, 530),
+                                                       dropout=0.3, seed=4)),
 ]
 
 
@@ -245,7 +253,7 @@ def run_both(implementation, inputs, options):
 @pytest.mark.parametrize("implementation", FUSED)
 def test_fused_matches_reference(implementation, name, shape, options, dtype):
     if implementation[0] in kernels.WITHOUT_BIAS_OR_DROPOUT and {"bias", "dropout"} & options.keys():
-        pytest.skip("this kernel has no bias or dropout: kernels/ gives such calls to the reference")
+        pytest.skip("this kernel has no bias or dropout: kernels/ gives such calls to another")
     inputs, options = case_inputs(shape, options, dtype)
     expected, actual = run_both(implementation, inputs, options)
     assert len(actual) == len(expected)
@@ -330,7 +338,7 @@ BAD_BIAS_OR_DROPOUT = [   # options the CUDA kernels never see (kernels/ hands t
 ]
 
 
-@pytest.mark.parametrize("module", MODULES, ids=["reference", "numba", "cupy"])
+@pytest.mark.parametrize("module", MODULES, ids=["reference", "numba", "numba-short", "cupy"])
 @pytest.mark.parametrize("name, bad, message", BAD, ids=[b[0] for b in BAD])
 def test_bad_inputs(module, name, bad, message):
     (q, k, v), options = bad
@@ -358,19 +366,24 @@ def test_bad_backward_shapes():
 
 def test_dispatch(monkeypatch):
     q = np.zeros((1, 1, 2, 4))
-    long_keys = kernels.FUSED_MIN_SIZE[("attention", "cpu")]
+    short_keys = kernels.FUSED_MIN_SIZE[("attention", "cpu")]
+    long_keys = kernels.SHORT_BELOW[("attention", "cpu")][0]
     monkeypatch.delenv("MINITX_KERNELS", raising=False)
-    assert kernels.choose("attention", q, long_keys) is numba_attention
-    assert kernels.choose("attention", q, long_keys - 1) is reference   # few keys: reference wins
-    assert kernels.choose("attention", q, 2, "fused") is numba_attention
+    assert kernels.choose("attention", q, long_keys) is numba_attention          # flash
+    assert kernels.choose("attention", q, long_keys - 1) is numba_attention_short
+    assert kernels.choose("attention", q, short_keys) is numba_attention_short
+    assert kernels.choose("attention", q, short_keys - 1) is reference   # few keys: reference wins
+    assert kernels.choose("attention", q, 2, "fused") is numba_attention_short
+    assert kernels.choose("attention", q, long_keys, "fused") is numba_attention
     assert kernels.choose("attention", q, long_keys, "reference") is reference
     assert kernels.choose("pointwise", q, 1) is numba_pointwise          # no minimum size
     monkeypatch.setenv("MINITX_KERNELS", "reference")                    # one switch for all
     assert kernels.choose("attention", q, long_keys) is reference
     assert kernels.choose("pointwise", q, 1) is reference_pointwise
-    assert kernels.choose("attention", q, 2, "fused") is numba_attention   # an explicit choice wins
+    assert kernels.choose("attention", q, 2, "fused") is numba_attention_short   # explicit wins
     monkeypatch.setenv("MINITX_KERNELS", "fused")
-    assert kernels.choose("attention", q, 2) is numba_attention
+    assert kernels.choose("attention", q, 2) is numba_attention_short
+    assert kernels.choose("attention", q, long_keys) is numba_attention
     monkeypatch.setenv("MINITX_KERNELS", "fast")
     with pytest.raises(ValueError, match="MINITX_KERNELS"):
         kernels.choose("attention", q, 2)
@@ -380,8 +393,8 @@ def test_dispatch(monkeypatch):
 
 def test_a_kernel_without_bias_or_dropout_hands_such_calls_to_the_reference(monkeypatch):
     """The CUDA kernels lack the bias and dropout options: kernels/ runs the reference instead,
-    saying so once (shown here with the numba kernel in the CUDA kernels' place)."""
-    monkeypatch.setattr(kernels, "WITHOUT_BIAS_OR_DROPOUT", (numba_attention,))
+    saying so once (shown here with the CPU's short kernel in the CUDA kernels' place)."""
+    monkeypatch.setattr(kernels, "WITHOUT_BIAS_OR_DROPOUT", {numba_attention_short: reference})
     monkeypatch.setattr(kernels, "_warned", set())
     (q, k, v, do), options = case_inputs((1, 2, 2, 5, 5, 4), dict(bias=(5, 5), dropout=0.2, seed=1),
                                          np.float64)
@@ -390,7 +403,21 @@ def test_a_kernel_without_bias_or_dropout_hands_such_calls_to_the_reference(monk
     np.testing.assert_array_equal(o, reference.attention_forward(q, k, v, **options)[0])
     assert len(kernels.attention_backward(q, k, v, o, lse, do, kernels="fused", **options)) == 4
     plain = dict(bias=None, dropout=0.0, seed=0)                          # plain calls stay fused
-    assert kernels._attention(q, 5, "fused", plain) == (numba_attention, {})
+    assert kernels._attention(q, 5, "fused", plain) == (numba_attention_short, {})
+
+
+def test_the_short_kernel_hands_bias_and_dropout_to_the_flash_kernel(monkeypatch):
+    """The CPU's short-sequence kernel lacks bias and dropout: such calls run the flash kernel
+    (linear memory, same results), silently; plain calls stay on the short kernel."""
+    monkeypatch.setattr(kernels, "_warned", set())
+    (q, k, v, do), options = case_inputs((1, 2, 2, 70, 70, 4), dict(bias=(70, 70), dropout=0.2,
+                                                                     seed=1), np.float64)
+    assert kernels._attention(q, 70, "fused", options)[0] is numba_attention
+    o, lse = kernels.attention_forward(q, k, v, kernels="fused", **options)
+    np.testing.assert_allclose(o, reference.attention_forward(q, k, v, **options)[0], atol=1e-12)
+    plain = dict(bias=None, dropout=0.0, seed=0)
+    assert kernels._attention(q, 70, "fused", plain) == (numba_attention_short, {})
+    assert not kernels._warned
 
 
 def test_the_kernel_decision_lives_in_one_module():
@@ -400,7 +427,8 @@ def test_the_kernel_decision_lives_in_one_module():
     sources = {str(p.relative_to(root)): p.read_text() for p in root.rglob("*.py")}
     assert {name for name, text in sources.items() if "MINITX_" + "KERNELS" in text} == \
         {"kernels/__init__.py"}
-    kernel_modules = r"numba_attention|numba_pointwise|cupy_attention|reference_pointwise|kernels\.reference"
+    kernel_modules = (r"numba_attention|numba_attention_short|numba_pointwise|numba_math|"
+                      r"cupy_attention|reference_pointwise|kernels\.reference")
     assert [name for name, text in sources.items()
             if not name.startswith("kernels/") and re.search(kernel_modules, text)] == []
 
@@ -463,10 +491,11 @@ def test_compile_notice_only_when_compiling(tmp_path):
     assert "preparing" not in second.stderr
 
 
-def test_numba_kernel_runs_as_plain_python():
+@pytest.mark.parametrize("kernel", ["numba_attention", "numba_attention_short"])
+def test_numba_kernel_runs_as_plain_python(kernel):
     """NUMBA_DISABLE_JIT=1 (the documented way to debug the kernel) still gives the same numbers."""
     code = (
-        "import numpy as np; from minitx.kernels import numba_attention as f, reference as r\n"
+        f"import numpy as np; from minitx.kernels import {kernel} as f, reference as r\n"
         "g = np.random.default_rng(0); q = g.standard_normal((1, 2, 7, 3))\n"
         "k, v = g.standard_normal((2, 1, 1, 9, 3)); m = np.arange(9)[None] != 4\n"
         "opt = dict(causal=True, window=4, prefix=2, key_mask=m)\n"

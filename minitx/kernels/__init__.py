@@ -2,7 +2,9 @@
 
 Two families, each a readable reference beside its fused twins:
 
-    attention  reference.py (einsum + softmax, memory N^2)    numba_attention.py, cupy_attention.py
+    attention  reference.py (einsum + softmax, memory N^2)    numba_attention.py (flash),
+                                                              numba_attention_short.py (one tile
+                                                              per head), cupy_attention.py
     pointwise  reference_pointwise.py (GELU, norms, erf)      numba_pointwise.py (CPU only)
 
     o, lse = attention_forward(q, k, v, causal=True)   # q (B, H, Nq, D); k, v (B, Hkv, Nk, D)
@@ -18,27 +20,33 @@ dropout, its mask a hash of the seed and the position: kernels/dropout_mask.py).
 The rule (`choose`): kernels="reference" runs the reference, "fused" the fused kernel of the
 arrays' device, "auto" (the default) the fused kernel unless the environment variable
 MINITX_KERNELS=reference|fused asks otherwise for every kernel, or the call is too small for the
-fused kernel to pay (FUSED_MIN_SIZE). A device or dtype the fused kernel lacks falls back to the
-reference (with a one-time warning for a dtype it lacks).
+fused kernel to pay (FUSED_MIN_SIZE). On the CPU, attention over fewer than SHORT_BELOW keys runs
+the short-sequence kernel (a whole score tile per head) rather than the flash kernel. A device or
+dtype the fused kernel lacks falls back to the reference (with a one-time warning for a dtype it
+lacks).
 """
 import os
 import warnings
 
 from ..backend import device_of
-from . import cupy_attention, numba_attention, numba_pointwise, reference, reference_pointwise
+from . import (cupy_attention, numba_attention, numba_attention_short, numba_pointwise, reference,
+               reference_pointwise)
 from .reference import visibility_mask
 
 KERNELS = ("auto", "fused", "reference")
 REFERENCE = {"attention": reference, "pointwise": reference_pointwise}
 FUSED = {"attention": {"cpu": numba_attention, "cuda": cupy_attention},
          "pointwise": {"cpu": numba_pointwise}}   # on the GPU the reference array code runs
-# Below this size (attention: number of keys) the reference is faster on that device: on the CPU
-# both attention kernels run their products on BLAS, and at short sequences the fused kernel's
-# per-block set-up costs more than the N x N memory traffic it saves (measured in
-# benchmarks/RESULTS.md, "CPU attention: where the fused kernel starts to pay").
+# Below this size (attention: number of keys) the reference is faster on that device, and below
+# SHORT_BELOW the CPU's fused attention is the short-sequence kernel, whose whole score tile per
+# head beats the flash kernel's streaming there (measured in benchmarks/RESULTS.md, "CPU
+# attention: which kernel where"): reference below 64 keys, the short kernel from 64 to 511
+# (the training preset's 64 keys included), the flash kernel from 512 on, where causal masks let
+# it skip whole blocks and its memory stays linear in N.
 # No CUDA threshold yet: it has not been measured (no GPU so far); the attention run of
 # benchmarks/gpu_acceptance.sh is where to set one.
-FUSED_MIN_SIZE = {("attention", "cpu"): 128}
+FUSED_MIN_SIZE = {("attention", "cpu"): 64}
+SHORT_BELOW = {("attention", "cpu"): (512, numba_attention_short)}
 _warned = set()
 
 
@@ -61,7 +69,8 @@ def choose(family, x, size=0, kernels="auto"):
             warnings.warn(f"no fused {family} kernel for {x.dtype} on {device} "
                           f"(it has {fused.SUPPORTED_DTYPES}); using the reference", stacklevel=3)
         return REFERENCE[family]
-    return fused
+    short = SHORT_BELOW.get((family, device))
+    return short[1] if short is not None and size < short[0] else fused
 
 
 def use_workqueue_threads():
@@ -78,24 +87,26 @@ def use_workqueue_threads():
         numba.config.THREADING_LAYER = "workqueue"
 
 
-# The CUDA kernels take no bias and no attention dropout yet: such calls run the reference there.
-WITHOUT_BIAS_OR_DROPOUT = (cupy_attention,)
+# Fused kernels that take no bias and no attention dropout yet, and the kernel that runs such
+# calls instead: the flash kernel for the CPU's short-sequence one, the reference on the GPU.
+WITHOUT_BIAS_OR_DROPOUT = {cupy_attention: reference, numba_attention_short: numba_attention}
 
 
 def _attention(q, n_keys, kernels, options):
-    """The attention kernel `choose` picks and the options it takes: the reference where that
-    kernel lacks an option the call uses; the options without bias and dropout where it has
-    none to take."""
+    """The attention kernel `choose` picks and the options it takes: a kernel that has the
+    options where the chosen one lacks an option the call uses; the options without bias and
+    dropout where it has none to take."""
     module = choose("attention", q, n_keys, kernels)
     if module not in WITHOUT_BIAS_OR_DROPOUT:
         return module, options
     if options.get("bias") is not None or options.get("dropout"):
-        if (module, "bias") not in _warned:
+        instead = WITHOUT_BIAS_OR_DROPOUT[module]
+        if instead is reference and (module, "bias") not in _warned:
             _warned.add((module, "bias"))
             warnings.warn(f"{module.__name__} has no attention bias (attn_mask) or attention "
                           "dropout yet; such calls run the reference kernel (N x N memory)",
                           stacklevel=4)
-        return reference, options
+        return instead, options
     return module, {k: v for k, v in options.items() if k not in ("bias", "dropout", "seed")}
 
 
@@ -134,4 +145,4 @@ def normalize_grad(grad, xhat, rstd, weight, center, kernels="auto"):
 
 __all__ = ["attention_forward", "attention_backward", "gelu_tanh_forward", "gelu_tanh_grad", "erf",
            "normalize", "normalize_grad", "visibility_mask", "choose", "KERNELS", "REFERENCE",
-           "FUSED", "FUSED_MIN_SIZE", "use_workqueue_threads"]
+           "FUSED", "FUSED_MIN_SIZE", "SHORT_BELOW", "use_workqueue_threads"]

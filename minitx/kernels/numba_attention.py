@@ -20,12 +20,13 @@ parallel tasks, plenty for a CPU's few cores.
 Where the time goes: each block product is one `np.dot`, which numba hands to BLAS (through
 SciPy), the fastest matrix product the machine has. The other cost is one exp per score, and
 numba's np.exp is a scalar libm call (no vectorised exp ships with pip's numba), slower than the
-products themselves; `_exp_shifted` computes it from multiplications and additions instead.
+products themselves; `_exp_shifted` computes it from multiplications and additions instead, and
+builds the power of two from its bits, in a loop LLVM vectorises (12x faster than the scalar
+call in float32, and faster than NumPy's own vectorised exp).
 The score blocks are kept transposed, S^T (keys x queries), so that the per-query numbers
 (m_i, l_i, lse, delta) run along the contiguous axis: every elementwise loop is then a plain
 loop over a row that LLVM vectorises, and no reduction has to be reordered to get there.
 """
-import math
 import sys
 
 import numba
@@ -33,46 +34,27 @@ import numpy as np
 
 from . import dropout_mask
 from ._checks import check_backward, check_forward, full_bias, kernel_options
+from .numba_math import exp, exp_constants
 
 SUPPORTED_DTYPES = ("float32", "float64")
-BLOCK_Q = 64    # query rows per block
-BLOCK_K = 128   # keys per block
-
-
-def exp_constants(dtype):
-    """The constants of `_exp_shifted`, in `dtype` so that float32 arithmetic stays float32:
-    the Taylor coefficients of e^r (1/12! down to 1/0!), e^-1, e^-2, e^-4, ..., e^-64, and the
-    cut-off t_min = -87 below which e^t counts as 0."""
-    taylor = tuple(dtype.type(1 / math.factorial(i)) for i in range(12, -1, -1))
-    e_pow2 = tuple(dtype.type(math.exp(-2 ** b)) for b in range(7))
-    return taylor, e_pow2, dtype.type(-87)
+# Block sizes, measured at (B=4, H=4, N=1024, D=32) on 2 cores (benchmarks/RESULTS.md): larger
+# blocks make each BLAS call longer (its set-up is paid less often) while the blocks still fit in
+# a core's L2 cache. The backward's five products per block pair favour square 256 blocks.
+BLOCK_Q = 128            # forward: query rows per block
+BLOCK_K = 256            # forward: keys per block
+BACKWARD_BLOCK_Q = 256   # backward: query rows per block
+BACKWARD_BLOCK_K = 256   # backward: keys per block
 
 
 @numba.njit(cache=True, fastmath={"contract"})
-def _exp_shifted(x, shift, taylor, e_pow2, t_min):
+def _exp_shifted(x, shift, taylor, log2e, ln2_hi, ln2_lo, t_min):
     """x[j, i] = exp(x[j, i] - shift[i]) in place, for x <= shift (scores minus their query's
-    running maximum or lse; x is a transposed block, one column per query).
-
-    e^t = e^r * e^-k, with k = round(-t) an integer and r = t + k in [-1/2, 1/2] (exact in
-    floating point). e^r is its Taylor series up to r^12 (relative error below 3e-14); e^-k is
-    the product of e^-(2^b) over the binary digits b of k. Below t_min = -87, e^t is under
-    float32's smallest normal number and under 1e-37 of a softmax row's sum (at least 1): the
-    result is 0. NaN stays NaN. ("contract" lets LLVM fuse each p * r + c into one instruction.)
-    """
-    zero = t_min - t_min               # 0 in x's dtype (a bare 0 would turn float32 to float64)
+    running maximum or lse; x is a transposed block, one column per query). The constants come
+    from `exp_constants`; see numba_math.exp. Below t_min = -87 the result is 0: under 1e-37 of
+    a softmax row's sum, which is at least 1."""
     for j in range(x.shape[0]):
         for i in range(x.shape[1]):
-            t = x[j, i] - shift[i]
-            k = np.rint(-np.maximum(t, t_min))      # at most 87, even for t = -inf
-            r = t + k
-            p = taylor[0]
-            for c in taylor[1:]:
-                p = p * r + c
-            digits = int(k)
-            for b in range(7):
-                if digits >> b & 1:
-                    p *= e_pow2[b]
-            x[j, i] = zero if t < t_min else p
+            x[j, i] = exp(x[j, i] - shift[i], taylor, log2e, ln2_hi, ln2_lo, t_min)
 
 
 @numba.njit(cache=True)
@@ -137,7 +119,7 @@ def _drop(xT, seed, threshold, keep_scale, b, h, H, Nq, Nk, i0, j0):
 
 @numba.njit(parallel=True, cache=True)
 def _forward_kernel(q, k, v, key_mask, causal, window, prefix, bias, has_bias, seed, threshold,
-                    keep_scale, dropping, taylor, e_pow2, t_min, o, lse):
+                    keep_scale, dropping, taylor, log2e, ln2_hi, ln2_lo, t_min, o, lse):
     """q arrives multiplied by scale, so S = q k^T (+ bias). Writes o (B, H, Nq, D) and
     lse (B, H, Nq)."""
     B, H, Nq, D = q.shape
@@ -172,8 +154,8 @@ def _forward_kernel(q, k, v, key_mask, causal, window, prefix, bias, has_bias, s
                     m_i[ii] = np.maximum(m_i[ii], sT[jj, ii])
             for ii in range(n_i):             # a row that sees nothing yet keeps P = 0
                 shift[ii] = 0 if m_i[ii] == -np.inf else m_i[ii]
-            _exp_shifted(alpha, shift, taylor, e_pow2, t_min)
-            _exp_shifted(sT, shift, taylor, e_pow2, t_min)           # P^T
+            _exp_shifted(alpha, shift, taylor, log2e, ln2_hi, ln2_lo, t_min)
+            _exp_shifted(sT, shift, taylor, log2e, ln2_hi, ln2_lo, t_min)           # P^T
             for ii in range(n_i):
                 l_i[ii] *= alpha[0, ii]
                 acc[ii] *= alpha[0, ii]
@@ -194,8 +176,8 @@ def _forward_kernel(q, k, v, key_mask, causal, window, prefix, bias, has_bias, s
 
 @numba.njit(parallel=True, cache=True)
 def _backward_kernel(q, k, v, do, lse, delta, key_mask, causal, window, prefix, bias, has_bias,
-                     seed, threshold, keep_scale, dropping, taylor, e_pow2, t_min, dq, dk, dv,
-                     dbias):
+                     seed, threshold, keep_scale, dropping, taylor, log2e, ln2_hi, ln2_lo, t_min,
+                     dq, dk, dv, dbias):
     """q arrives multiplied by scale, so S = q k^T (+ bias) and dk = dS^T q; dq comes out
     without the factor scale. lse arrives with 0 for the rows that see no key (their scores are
     all -inf, so P = 0 there). Adds into dq (B, H, Nq, D), dk and dv (B, Hkv, Nk, D), zeroed;
@@ -206,13 +188,13 @@ def _backward_kernel(q, k, v, do, lse, delta, key_mask, causal, window, prefix, 
     offset = Nk - Nq
     for task in numba.prange(B * Hkv):
         b, kv = task // Hkv, task % Hkv
-        for j0 in range(0, Nk, BLOCK_K):
-            j1 = min(j0 + BLOCK_K, Nk)
+        for j0 in range(0, Nk, BACKWARD_BLOCK_K):
+            j1 = min(j0 + BACKWARD_BLOCK_K, Nk)
             k_j, v_j = k[b, kv, j0:j1], v[b, kv, j0:j1]             # (n_j, D)
             dk_j, dv_j = dk[b, kv, j0:j1], dv[b, kv, j0:j1]
             for h in range(kv * G, (kv + 1) * G):
-                for i0 in range(0, Nq, BLOCK_Q):
-                    i1 = min(i0 + BLOCK_Q, Nq)
+                for i0 in range(0, Nq, BACKWARD_BLOCK_Q):
+                    i1 = min(i0 + BACKWARD_BLOCK_Q, Nq)
                     if not _block_visible(i0 + offset, i1 - 1 + offset, j0, j1,
                                           causal, window, prefix):
                         continue
@@ -223,7 +205,7 @@ def _backward_kernel(q, k, v, do, lse, delta, key_mask, causal, window, prefix, 
                     if has_bias:
                         _add_bias(pT, bias, b, h, i0, j0)
                     _mask_scores(pT, key_mask[b], i0, j0, offset, causal, window, prefix)
-                    _exp_shifted(pT, lse_i, taylor, e_pow2, t_min)
+                    _exp_shifted(pT, lse_i, taylor, log2e, ln2_hi, ln2_lo, t_min)
                     # forward: o = (P M) v  =>  dv += (P M)^T do,  dP = M do v^T
                     dsT = np.dot(v_j, do_i.T)
                     if dropping:
@@ -251,9 +233,11 @@ def _announce_compiling(kernel, dtype):
     compile.)"""
     if not hasattr(kernel, "signatures"):
         return
-    signatures = list(kernel.signatures)
+    if any(sig[0].dtype.name == dtype.name for sig in kernel.signatures):
+        return   # compiled or loaded in this process already: the common case, no file read
+    signatures = []
     try:  # what numba's cache on disk holds (its index, keyed by signature)
-        signatures += [key[0] for key in kernel._cache._cache_file._load_index()]
+        signatures = [key[0] for key in kernel._cache._cache_file._load_index()]
     except Exception:  # numba's internals moved: announce rather than stay silent
         pass
     if not any(sig[0].dtype.name == dtype.name for sig in signatures):
