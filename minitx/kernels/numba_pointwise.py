@@ -101,11 +101,17 @@ def normalize_backward(grad, xhat, rstd, weight, center, dx):
             dx[r, j] = s * (grad[r, j] * weight[j] - mean_g - xhat[r, j] * mean_p)
 
 
-@numba.njit(cache=True)
-def adamw_kernel(p, g, m, v, b1, one_minus_b1, b2, one_minus_b2, v_correction, step, eps, keep):
+# error_model="numpy": a division by zero gives inf or NaN, as in NumPy, instead of raising; the
+# check that raising needs would keep LLVM from vectorising the loop (10x slower).
+@numba.njit(cache=True, error_model="numpy")
+def adamw_kernel(p, g, m, v, b1, b2, eps, keep, step, v_correction):
     """One AdamW step in one pass, in place on p, m, v: the operations of
-    reference_pointwise.adamw_update in its order, so float32 results match it bit for bit.
-    step = lr / (1 - b1^t), v_correction = 1 / (1 - b2^t), keep = 1 - lr * weight_decay."""
+    reference_pointwise.adamw_update in its order, with its constants rounded to p's dtype as
+    NumPy rounds them, so the results match it bit for bit. keep = 1 - lr * weight_decay,
+    step = lr / (1 - b1^t), v_correction = 1 / (1 - b2^t)."""
+    c = p.dtype.type
+    one_minus_b1, one_minus_b2 = c(1 - b1), c(1 - b2)
+    b1, b2, eps, keep, step, v_correction = c(b1), c(b2), c(eps), c(keep), c(step), c(v_correction)
     for i in range(p.size):
         gi = g[i]
         mi = m[i] * b1 + gi * one_minus_b1
@@ -163,16 +169,14 @@ def normalize_grad(grad, xhat, rstd, weight, center):
 
 
 def adamw_update(p, g, m, v, lr, b1, b2, eps, decay, t):
-    """Step t of AdamW in place on p, m, v (see the reference); returns p. The constants go in p's
-    dtype, so float32 arithmetic stays float32. The kernel writes through flat views of p, m and
-    v, which need C-contiguous arrays (parameters and their moments are); other layouts take the
-    reference, which writes in place whatever the layout."""
+    """Step t of AdamW in place on p, m, v (see the reference); returns p. The kernel takes the
+    constants in p's dtype, so float32 arithmetic stays float32. It writes through flat views of
+    p, m and v, which need C-contiguous arrays (parameters and their moments are); other layouts
+    take the reference, which writes in place whatever the layout."""
     if not (p.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous):
         return reference_pointwise.adamw_update(p, g, m, v, lr, b1, b2, eps, decay, t)
-    c = p.dtype.type
     adamw_kernel(p.reshape(-1), np.ascontiguousarray(g, p.dtype).reshape(-1), m.reshape(-1),
-                 v.reshape(-1), c(b1), c(1 - b1), c(b2), c(1 - b2), c(1 / (1 - b2 ** t)),
-                 c(lr / (1 - b1 ** t)), c(eps), c(1 - decay))
+                 v.reshape(-1), b1, b2, eps, 1 - decay, lr / (1 - b1 ** t), 1 / (1 - b2 ** t))
     return p
 
 
