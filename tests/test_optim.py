@@ -17,7 +17,8 @@ def _train(steps=4):
     b = mx.nn.Parameter(rng.standard_normal(5).astype(np.float32))
     opt = AdamW([w, b], lr=1e-2, weight_decay=0.1)
     for _ in range(steps):
-        w.grad, b.grad = (mx.Tensor(rng.standard_normal(p.shape).astype(np.float32)) for p in (w, b))
+        for p in (w, b):
+            p.grad = mx.Tensor(rng.standard_normal(p.shape).astype(np.float32))
         opt.step()
     return w.numpy(), b.numpy()
 

@@ -146,9 +146,10 @@ def normalize_grad(grad, xhat, rstd, weight, center, kernels="auto"):
 
 
 def adamw_update(p, g, m, v, lr, b1, b2, eps, decay, t, kernels="auto"):
-    return choose("pointwise", p, p.size, kernels).adamw_update(p, g, m, v, lr, b1, b2, eps, decay, t)
+    return choose("pointwise", p, p.size, kernels).adamw_update(p, g, m, v, lr, b1, b2, eps, decay,
+                                                                t)
 
 
 __all__ = ["attention_forward", "attention_backward", "gelu_tanh_forward", "gelu_tanh_grad", "erf",
-           "normalize", "normalize_grad", "adamw_update", "visibility_mask", "choose", "KERNELS", "REFERENCE",
-           "FUSED", "FUSED_MIN_SIZE", "SHORT_BELOW", "use_workqueue_threads"]
+           "normalize", "normalize_grad", "adamw_update", "visibility_mask", "choose", "KERNELS",
+           "REFERENCE", "FUSED", "FUSED_MIN_SIZE", "SHORT_BELOW", "use_workqueue_threads"]

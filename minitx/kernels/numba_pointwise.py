@@ -3,10 +3,10 @@ with numba.
 
 NumPy evaluates an expression one operation at a time: every `*` or `+` is a pass over memory
 that writes a new temporary. For the largest arrays of a training step (the MLP's hidden
-activations, the residual stream, and every parameter in the optimizer step) those passes, not
-the arithmetic, are the cost. Each kernel
-here makes one pass per row instead. The readable definitions are beside them in
-reference_pointwise.py, which also runs on CuPy; the tests check the two against each other.
+activations, the residual stream, every parameter in the optimizer step) those passes, not the
+arithmetic, are the cost. Each kernel here makes one pass per row instead. The readable
+definitions are beside them in reference_pointwise.py, which also runs on CuPy; the tests check
+the two against each other.
 
 numba compiles tanh to a scalar library call (no vector math library is assumed), about 30x
 slower than NumPy's vectorised tanh, so the GELU forward leaves the tanh itself to NumPy.
