@@ -9,6 +9,7 @@ import math
 
 import numpy
 
+from . import kernels
 from .backend import get_array_module
 from .tensor import Tensor
 
@@ -78,10 +79,10 @@ class SGD(Optimizer):
 class AdamW(Optimizer):
     """Adam with decoupled weight decay (Loshchilov & Hutter 2019).
 
+        p *= 1 - lr * weight_decay       decay applied to the weights directly, not through g
         m = b1 m + (1 - b1) g            first moment (mean of g)
         v = b2 v + (1 - b2) g^2          second moment (mean of g^2)
         p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
-        p -= lr * weight_decay * p       decay applied to the weights directly, not through g
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, **kwargs):
@@ -89,27 +90,15 @@ class AdamW(Optimizer):
         self.betas, self.eps = tuple(betas), eps
 
     def update(self, p, grad, state, decay):
-        b1, b2 = self.betas
-        xp = get_array_module(grad)
+        """The step runs as one kernel (kernels.adamw_update: a single pass over p, g, m and v on
+        the CPU) that writes p in place; assigning p back counts that as a new version of p."""
         if not state:
+            xp = get_array_module(p.data)
             state["m"], state["v"] = xp.zeros_like(p.data), xp.zeros_like(p.data)
-        m, v, t = state["m"], state["v"], self.n_steps
-        # one scratch array d, reused for every step below (the update is bound by memory traffic)
-        d = xp.multiply(grad, 1 - b1)
-        m *= b1
-        m += d                                   # m = b1 m + (1 - b1) g
-        xp.multiply(grad, grad, out=d)
-        d *= 1 - b2
-        v *= b2
-        v += d                                   # v = b2 v + (1 - b2) g^2
-        xp.multiply(v, 1 / (1 - b2 ** t), out=d)
-        xp.sqrt(d, out=d)
-        d += self.eps                            # d = sqrt(v / (1 - b2^t)) + eps
-        xp.divide(m, d, out=d)
-        d *= self.lr / (1 - b1 ** t)             # d = lr (m / (1 - b1^t)) / d
-        if decay:
-            p.data *= 1 - self.lr * self.weight_decay
-        p.data -= d
+        b1, b2 = self.betas
+        p.data = kernels.adamw_update(p.data, grad, state["m"], state["v"], self.lr, b1, b2,
+                                      self.eps, self.lr * self.weight_decay if decay else 0.0,
+                                      self.n_steps)
 
 
 def clip_grad_norm(params, max_norm, norm=None):
@@ -122,8 +111,8 @@ def clip_grad_norm(params, max_norm, norm=None):
     if not grads:
         return Tensor(0.0)
     xp = get_array_module(grads[0])
-    total = (xp.sqrt(sum((g * g).sum() for g in grads))       # 0-d, on the device
-             if norm is None else xp.asarray(norm))
+    total = (xp.sqrt(sum(xp.vdot(g, g) for g in grads))   # 0-d, on the device; vdot (of g
+             if norm is None else xp.asarray(norm))         # flattened) makes no g * g array
     scale = xp.minimum(max_norm / (total + 1e-6), 1)          # 1 when the norm is within bounds
     if xp is not numpy or scale < 1:     # testing scale on the GPU would cost a sync; here it is free
         for g in grads:

@@ -5,12 +5,14 @@ Two families, each a readable reference beside its fused twins:
     attention  reference.py (einsum + softmax, memory N^2)    numba_attention.py (flash),
                                                               numba_attention_short.py (one tile
                                                               per head), cupy_attention.py
-    pointwise  reference_pointwise.py (GELU, norms, erf)      numba_pointwise.py (CPU only)
+    pointwise  reference_pointwise.py (GELU, norms, erf,      numba_pointwise.py (CPU only)
+               the AdamW update)
 
     o, lse = attention_forward(q, k, v, causal=True)   # q (B, H, Nq, D); k, v (B, Hkv, Nk, D)
     dq, dk, dv = attention_backward(q, k, v, o, lse, do, causal=True)
     y, t = gelu_tanh_forward(x);  dx = gelu_tanh_grad(x, t, dy);  e = erf(x)
     y, xhat, rstd = normalize(x, weight, bias, eps, center);  dx = normalize_grad(...)
+    p = adamw_update(p, g, m, v, lr, b1, b2, eps, decay, t)   # in place on p, m, v
 
 Attention options (the same for every implementation; see `reference.visibility_mask`): causal,
 key_mask (B, Nk) bool, window, prefix, scale (default 1/sqrt(D)), bias (added to the scores,
@@ -143,6 +145,11 @@ def normalize_grad(grad, xhat, rstd, weight, center, kernels="auto"):
                                                                         center)
 
 
+def adamw_update(p, g, m, v, lr, b1, b2, eps, decay, t, kernels="auto"):
+    return choose("pointwise", p, p.size, kernels).adamw_update(p, g, m, v, lr, b1, b2, eps, decay,
+                                                                t)
+
+
 __all__ = ["attention_forward", "attention_backward", "gelu_tanh_forward", "gelu_tanh_grad", "erf",
-           "normalize", "normalize_grad", "visibility_mask", "choose", "KERNELS", "REFERENCE",
-           "FUSED", "FUSED_MIN_SIZE", "SHORT_BELOW", "use_workqueue_threads"]
+           "normalize", "normalize_grad", "adamw_update", "visibility_mask", "choose", "KERNELS",
+           "REFERENCE", "FUSED", "FUSED_MIN_SIZE", "SHORT_BELOW", "use_workqueue_threads"]

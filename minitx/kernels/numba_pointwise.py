@@ -1,10 +1,12 @@
-"""Fused CPU kernels for GELU (tanh form) and layer/RMS normalisation, compiled with numba.
+"""Fused CPU kernels for GELU (tanh form), layer/RMS normalisation and the AdamW update, compiled
+with numba.
 
 NumPy evaluates an expression one operation at a time: every `*` or `+` is a pass over memory
 that writes a new temporary. For the largest arrays of a training step (the MLP's hidden
-activations, the residual stream) those passes, not the arithmetic, are the cost. Each kernel
-here makes one pass per row instead. The readable definitions are beside them in
-reference_pointwise.py, which also runs on CuPy; the tests check the two against each other.
+activations, the residual stream, every parameter in the optimizer step) those passes, not the
+arithmetic, are the cost. Each kernel here makes one pass per row instead. The readable
+definitions are beside them in reference_pointwise.py, which also runs on CuPy; the tests check
+the two against each other.
 
 numba compiles tanh to a scalar library call (no vector math library is assumed), about 30x
 slower than NumPy's vectorised tanh, so the GELU forward leaves the tanh itself to NumPy.
@@ -16,6 +18,8 @@ import math
 
 import numba
 import numpy as np
+
+from . import reference_pointwise
 
 
 SUPPORTED_DTYPES = ("float32", "float64")
@@ -97,6 +101,25 @@ def normalize_backward(grad, xhat, rstd, weight, center, dx):
             dx[r, j] = s * (grad[r, j] * weight[j] - mean_g - xhat[r, j] * mean_p)
 
 
+# error_model="numpy": a division by zero gives inf or NaN, as in NumPy, instead of raising; the
+# check that raising needs would keep LLVM from vectorising the loop (10x slower).
+@numba.njit(cache=True, error_model="numpy")
+def adamw_kernel(p, g, m, v, b1, b2, eps, keep, step, v_correction):
+    """One AdamW step in one pass, in place on p, m, v: the operations of
+    reference_pointwise.adamw_update in its order, with its constants rounded to p's dtype as
+    NumPy rounds them, so the results match it bit for bit. keep = 1 - lr * weight_decay,
+    step = lr / (1 - b1^t), v_correction = 1 / (1 - b2^t)."""
+    c = p.dtype.type
+    one_minus_b1, one_minus_b2 = c(1 - b1), c(1 - b2)
+    b1, b2, eps, keep, step, v_correction = c(b1), c(b2), c(eps), c(keep), c(step), c(v_correction)
+    for i in range(p.size):
+        gi = g[i]
+        mi = m[i] * b1 + gi * one_minus_b1
+        vi = v[i] * b2 + gi * gi * one_minus_b2
+        m[i], v[i] = mi, vi
+        p[i] = p[i] * keep - mi / (np.sqrt(vi * v_correction) + eps) * step
+
+
 # --- the same signatures as the definitions in reference_pointwise.py -----------------------------
 def _flat(a):
     return np.ascontiguousarray(a).reshape(-1)
@@ -144,6 +167,17 @@ def normalize_grad(grad, xhat, rstd, weight, center):
     normalize_backward(g2, _rows(xhat), np.ascontiguousarray(rstd).reshape(-1), weight, center, dx)
     return dx.reshape(xhat.shape)
 
+
+def adamw_update(p, g, m, v, lr, b1, b2, eps, decay, t):
+    """Step t of AdamW in place on p, m, v (see the reference); returns p. The kernel takes the
+    constants in p's dtype, so float32 arithmetic stays float32. It writes through flat views of
+    p, m and v, which need C-contiguous arrays (parameters and their moments are); other layouts
+    take the reference, which writes in place whatever the layout."""
+    if not (p.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous):
+        return reference_pointwise.adamw_update(p, g, m, v, lr, b1, b2, eps, decay, t)
+    adamw_kernel(p.reshape(-1), np.ascontiguousarray(g, p.dtype).reshape(-1), m.reshape(-1),
+                 v.reshape(-1), b1, b2, eps, 1 - decay, lr / (1 - b1 ** t), 1 / (1 - b2 ** t))
+    return p
 
 
 def _erf_scalar(x):

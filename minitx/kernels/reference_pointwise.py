@@ -1,5 +1,6 @@
-"""Reference GELU (tanh form), layer/RMS normalisation and erf: the readable array code that the
-fused CPU kernels (numba_pointwise.py) are tested against, and what runs on CuPy.
+"""Reference GELU (tanh form), layer/RMS normalisation, erf and the AdamW update: the readable
+array code that the fused CPU kernels (numba_pointwise.py) are tested against, and what runs on
+CuPy.
 
 Written with the array module of its inputs (`xp`), so it runs on numpy and cupy alike. Each
 backward restates the forward it undoes.
@@ -57,3 +58,33 @@ def erf(x):
         return numpy.vectorize(math.erf, otypes=[x.dtype])(x)
     import cupyx.scipy.special
     return cupyx.scipy.special.erf(x)
+
+
+def adamw_update(p, g, m, v, lr, b1, b2, eps, decay, t):
+    """Step t (from 1) of AdamW on parameter p with gradient g, in place on p and its moments m, v;
+    returns p. `decay` is lr * weight_decay (0 for none), applied to p before the step:
+
+        p *= 1 - decay
+        m = b1 m + (1 - b1) g                        first moment (mean of g)
+        v = b2 v + (1 - b2) g^2                      second moment (mean of g^2)
+        p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+    One scratch array d serves every line (the update is bound by memory traffic).
+    """
+    xp = get_array_module(p)
+    d = xp.multiply(g, 1 - b1)
+    m *= b1
+    m += d
+    xp.multiply(g, g, out=d)
+    d *= 1 - b2
+    v *= b2
+    v += d
+    xp.multiply(v, 1 / (1 - b2 ** t), out=d)
+    xp.sqrt(d, out=d)
+    d += eps
+    xp.divide(m, d, out=d)
+    d *= lr / (1 - b1 ** t)
+    if decay:
+        p *= 1 - decay
+    p -= d
+    return p

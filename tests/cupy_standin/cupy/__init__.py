@@ -203,7 +203,7 @@ _FUNCTIONS = ("where", "matmul", "zeros_like", "ones_like", "empty_like", "broad
              "moveaxis", "expand_dims", "take", "concatenate", "stack", "split", "copyto",
              "einsum", "tensordot", "sum", "max", "min", "clip", "outer", "tril", "triu",
              "argmax", "all", "any", "array_equal", "allclose", "cumsum", "reshape", "transpose",
-             "squeeze", "cumprod")
+             "squeeze", "cumprod", "vdot")
 _CREATORS = ("zeros", "ones", "empty", "full", "arange", "eye", "linspace")
 for _name in _UFUNCS:
     globals()[_name] = _ufunc(getattr(numpy, _name))
