@@ -1,24 +1,34 @@
-"""Fused attention on the CPU for short sequences: one whole score tile per head, compiled with numba.
+"""Fused attention on the CPU for short sequences: one score tile per head, compiled with numba.
 
 At a few dozen keys (the CPU training preset has 64) the whole (Nk, Nq) score matrix of one head
 fits in the core's L1/L2 cache, so the flash kernel's streaming (numba_attention.py: running
 maximum, rescaling, a loop over key blocks) buys nothing and its per-block set-up dominates.
-Here each head is one task that does what the reference does, in one pass over a cached tile:
+Here each head is one task that does what the reference does, over cached tiles, for each block
+of BLOCK_Q queries (i: the block's queries, keys :n the keys any of them may see):
 
-    forward, per (b, h):   S^T = k q^T (Nk, Nq), masked; m = column max; P^T = exp(S^T - m);
-                           l = column sum; P^T /= l; o = P v; lse = m + log l
+    forward, per (b, h):   S^T = k[:n] q_i^T (n, BLOCK_Q), masked; m = column max;
+                           P^T = exp(S^T - m); l = column sum; lse = m + log l; o_i = P v[:n] / l
     backward, per (b, kv head), for each query head h of its group:
-                           P^T = exp(k q^T - lse) (recomputed, masked); dv += P^T do;
-                           dP^T = v do^T; dS^T = P^T (dP^T - delta); dk += dS^T q; dq = dS k
+                           P^T = exp(k[:n] q_i^T - lse) (recomputed, masked); dv[:n] += P^T do_i;
+                           dP^T = v[:n] do_i^T; dS^T = P^T (dP^T - delta);
+                           dk[:n] += dS^T q_i; dq_i = dS k[:n]
+
+Causal blocks: queries i see no key past their own position, so a block multiplies only
+against the keys up to its last query's (n < Nk for all but the last block): at 64 keys and
+32-query blocks that skips a quarter of the products, at 256 keys nearly half. The mask
+within a block is two fills of -inf per key (the queries that see key j are one run, lo <= i <
+hi), not a test per score. The backward walks the blocks last first, so the first product
+of a kv head (all Nk keys) writes dk and dv directly and the others add to them.
 
 All heads of a batch run in one call (numba.prange over the heads); each head's q, k, v are
 copied into contiguous tiles (scaled, in cache) straight from the strided views that splitting
 heads off a projection gives, and the outputs go back in their inputs' memory order, so neither
 side of the kernel copies whole arrays. Each product is one BLAS call (`np.dot` with `out=`, no
 temporary), every elementwise loop runs along the contiguous query axis of the transposed tile
-so LLVM vectorises it, and exp is numba_math.exp. Memory is Nq x Nk per head in flight (a few tiles per
-thread), not per call: the dispatch (kernels.choose) uses this kernel below SHORT_BELOW keys
-only, where it beats both the reference and the flash kernel (benchmarks/RESULTS.md).
+so LLVM vectorises it, and exp is numba_math.exp. Memory is Nk x BLOCK_Q per head in flight (a
+few tiles per thread), not per call: the dispatch (kernels.choose) uses this kernel below
+SHORT_BELOW keys only, where it beats both the reference and the flash kernel
+(benchmarks/RESULTS.md).
 
 Same contract, options and tests as the other kernels; NUMBA_DISABLE_JIT=1 runs it as Python.
 """
@@ -34,22 +44,12 @@ BLOCK_Q = 32    # query rows per block: a causal block multiplies only against t
 
 
 @numba.njit(cache=True)
-def _scaled_copy(x, scale, out):
-    """out = scale * x, (N, D) arrays."""
+def _copy(x, scale, out):
+    """out = scale * x: a strided (N, D) slice of a head into a contiguous tile in cache, or a
+    tile back into a (perhaps strided) slice of an output."""
     for i in range(x.shape[0]):
         for d in range(x.shape[1]):
             out[i, d] = x[i, d] * scale
-
-
-@numba.njit(cache=True)
-def _copy(x, scale, out):
-    """out = scale * x: a strided (N, D) slice of a head into a contiguous tile in cache, or a
-    tile back into a (perhaps strided) slice of an output. Rows with unit stride (heads split
-    off a projection have them) take the first branch, where LLVM knows it and vectorises."""
-    if x.strides[1] == x.itemsize and out.strides[1] == out.itemsize:
-        _scaled_copy(x, scale, out)
-    else:
-        _scaled_copy(x, scale, out)
 
 
 @numba.njit(cache=True)
@@ -58,6 +58,17 @@ def _add(x, acc):
     for j in range(x.shape[0]):
         for d in range(x.shape[1]):
             acc[j, d] += x[j, d]
+
+
+@numba.njit(cache=True)
+def _dot_add(a, b, acc, part, first):
+    """acc = a b if first (then a has all of acc's rows), else acc[:n] += a b, through part
+    (np.dot has no beta)."""
+    if first:
+        np.dot(a, b, acc)
+    else:
+        np.dot(a, b, part[:a.shape[0]])
+        _add(part[:a.shape[0]], acc)
 
 
 @numba.njit(cache=True)
@@ -83,6 +94,7 @@ def _mask_unseen(sT, key_mask, i0, offset, causal, window, prefix):
             hi = min(max(j + window - offset - i0, lo), n_i)
         sT[j, :lo] = -np.inf
         sT[j, hi:] = -np.inf
+
 
 @numba.njit(parallel=True, cache=True)
 def _forward_kernel(q, k, v, scale, key_mask, causal, window, prefix, taylor, log2e, ln2_hi,
@@ -154,7 +166,7 @@ def _backward_kernel(q, k, v, o, do, lse, scale, key_mask, causal, window, prefi
         p, ds = np.empty(Nk * BLOCK_Q, q.dtype), np.empty(Nk * BLOCK_Q, q.dtype)
         dq_s = np.empty(BLOCK_Q * D, q.dtype)
         part = np.empty((Nk, D), q.dtype)              # one query block's share of dk, dv
-        dk_b, dv_b = np.zeros((Nk, D), q.dtype), np.zeros((Nk, D), q.dtype)
+        dk_b, dv_b = np.empty((Nk, D), q.dtype), np.empty((Nk, D), q.dtype)
         _copy(k[b, kv], one, k_b)
         _copy(v[b, kv], one, v_b)
         for h in range(kv * G, (kv + 1) * G):
@@ -166,7 +178,9 @@ def _backward_kernel(q, k, v, o, do, lse, scale, key_mask, causal, window, prefi
                 for d in range(D):
                     total += do_h[i, d] * o[b, h, i, d]
                 delta[i] = total                       # delta = rowsum(do * o)
-            for i0 in range(0, Nq, BLOCK_Q):
+            last = (Nq - 1) // BLOCK_Q * BLOCK_Q       # the block that sees every key: first
+            for i0 in range(last, -1, -BLOCK_Q):
+                first = h == kv * G and i0 == last
                 n_i = min(BLOCK_Q, Nq - i0)
                 n_j = _keys_seen(i0 + n_i - 1 + offset, Nk, causal, prefix)
                 q_i, do_i = q_h[i0:i0 + n_i], do_h[i0:i0 + n_i]
@@ -176,8 +190,7 @@ def _backward_kernel(q, k, v, o, do, lse, scale, key_mask, causal, window, prefi
                 _mask_unseen(pT, key_mask[b], i0, offset, causal, window, prefix)
                 _exp_shifted(pT, lse_h[i0:], taylor, log2e, ln2_hi, ln2_lo, t_min)
                 # forward: o = P v  =>  dv += P^T do,  dP^T = v do^T
-                np.dot(pT, do_i, part[:n_j])
-                _add(part[:n_j], dv_b)
+                _dot_add(pT, do_i, dv_b, part, first)
                 dsT = ds[:n_j * n_i].reshape((n_j, n_i))
                 np.dot(v_b[:n_j], do_i.T, dsT)
                 # forward: P = softmax(S)  =>  dS = P (dP - delta)
@@ -185,8 +198,7 @@ def _backward_kernel(q, k, v, o, do, lse, scale, key_mask, causal, window, prefi
                     for i in range(n_i):
                         dsT[j, i] = pT[j, i] * (dsT[j, i] - delta[i0 + i])
                 # forward: S = scale q k^T  =>  dk += dS^T (scale q),  dq = scale dS k
-                np.dot(dsT, q_i, part[:n_j])
-                _add(part[:n_j], dk_b)
+                _dot_add(dsT, q_i, dk_b, part, first)
                 dq_i = dq_s[:n_i * D].reshape((n_i, D))
                 np.dot(dsT.T, k_b[:n_j], dq_i)
                 _copy(dq_i, scale, dq[b, h, i0:i0 + n_i])
