@@ -166,7 +166,7 @@ def _backward_kernel(q, k, v, o, do, lse, scale, key_mask, causal, window, prefi
         p, ds = np.empty(Nk * BLOCK_Q, q.dtype), np.empty(Nk * BLOCK_Q, q.dtype)
         dq_s = np.empty(BLOCK_Q * D, q.dtype)
         part = np.empty((Nk, D), q.dtype)              # one query block's share of dk, dv
-        dk_b, dv_b = np.empty((Nk, D), q.dtype), np.empty((Nk, D), q.dtype)
+        dk_b, dv_b = np.zeros((Nk, D), q.dtype), np.zeros((Nk, D), q.dtype)   # if Nq = 0
         _copy(k[b, kv], one, k_b)
         _copy(v[b, kv], one, v_b)
         for h in range(kv * G, (kv + 1) * G):
