@@ -69,6 +69,7 @@ CASES = [
     ("prefix", (2, 2, 2, 130, 130, 16), dict(causal=True, prefix=70)),
     ("window-prefix>N", (1, 2, 2, 40, 40, 8), dict(causal=True, window=10**12, prefix=10**12)),
     ("gqa-4:2", (2, 4, 2, 70, 70, 16), dict(causal=True)),
+    ("gqa-causal-Nq<Nk", (2, 4, 2, 45, 70, 16), dict(causal=True)),   # query blocks end mid-way
     ("gqa-4:1", (2, 4, 1, 70, 90, 16), dict(key_mask=True)),
     ("odd-D", (1, 3, 3, 67, 67, 7), dict(causal=True, scale=0.3)),
     ("N=1", (2, 2, 2, 1, 1, 16), dict(causal=True)),
