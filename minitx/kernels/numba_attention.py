@@ -27,6 +27,8 @@ The score blocks are kept transposed, S^T (keys x queries), so that the per-quer
 (m_i, l_i, lse, delta) run along the contiguous axis: every elementwise loop is then a plain
 loop over a row that LLVM vectorises, and no reduction has to be reordered to get there.
 """
+import contextlib
+import functools
 import sys
 
 import numba
@@ -246,6 +248,28 @@ def _announce_compiling(kernel, dtype):
               file=sys.stderr)
 
 
+@functools.cache
+def _blas_controller():
+    """threadpoolctl's handle on the BLAS libraries loaded (SciPy's, which numba's np.dot calls,
+    among them), or None without threadpoolctl."""
+    import scipy.linalg.cython_blas  # noqa: F401  (loaded first, so that the handle holds it)
+    try:
+        import threadpoolctl
+    except ImportError:
+        return None
+    return threadpoolctl.ThreadpoolController()
+
+
+def _one_blas_thread():
+    """A context in which BLAS runs on one thread. The kernels spread their tasks over numba's
+    threads, one per core; a BLAS call that started threads of its own on top would share those
+    cores (on 2 cores at 2 BLAS threads the kernels took twice as long)."""
+    controller = _blas_controller()
+    if controller is None:
+        return contextlib.nullcontext()
+    return controller.limit(limits=1, user_api="blas")
+
+
 def _check_dtype(q):
     if q.dtype.name not in SUPPORTED_DTYPES:
         raise ValueError(f"the numba attention kernel supports {SUPPORTED_DTYPES}, "
@@ -271,9 +295,10 @@ def attention_forward(q, k, v, *, causal=False, key_mask=None, window=None, pref
     o = np.empty_like(q)
     lse = np.empty(q.shape[:3], q.dtype)
     _announce_compiling(_forward_kernel, q.dtype)
-    _forward_kernel(q, np.ascontiguousarray(k), np.ascontiguousarray(v), mask, causal, window,
-                    prefix, *_bias_and_dropout(shape, bias, dropout, seed, q.dtype),
-                    *exp_constants(q.dtype), o, lse)
+    with _one_blas_thread():
+        _forward_kernel(q, np.ascontiguousarray(k), np.ascontiguousarray(v), mask, causal,
+                        window, prefix, *_bias_and_dropout(shape, bias, dropout, seed, q.dtype),
+                        *exp_constants(q.dtype), o, lse)
     return o, lse
 
 
@@ -293,8 +318,9 @@ def attention_backward(q, k, v, o, lse, do, *, causal=False, key_mask=None, wind
     dbias = np.zeros((shape.B, shape.H, shape.Nq, shape.Nk) if bias is not None else (1, 1, 1, 1),
                      q.dtype)
     _announce_compiling(_backward_kernel, q.dtype)
-    _backward_kernel(q, k, v, do, lse, delta, mask, causal, window, prefix,
-                     *_bias_and_dropout(shape, bias, dropout, seed, q.dtype),
-                     *exp_constants(q.dtype), dq, dk, dv, dbias)
+    with _one_blas_thread():
+        _backward_kernel(q, k, v, do, lse, delta, mask, causal, window, prefix,
+                         *_bias_and_dropout(shape, bias, dropout, seed, q.dtype),
+                         *exp_constants(q.dtype), dq, dk, dv, dbias)
     dq *= scale                          # the kernel saw S = (scale q) k^T
     return (dq, dk, dv) if bias is None else (dq, dk, dv, dbias)
