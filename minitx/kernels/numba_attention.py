@@ -31,12 +31,12 @@ forward, 5 backward) take about 85 % of the time, near the core's peak; the prod
 operand is a transposed block (P^T v forward, dS^T k backward) run 30 % slower than the others,
 as BLAS copies that operand into its own layout first.
 """
-import contextlib
 import functools
 import sys
 
 import numba
 import numpy as np
+import threadpoolctl
 
 from . import dropout_mask
 from ._checks import check_backward, check_forward, full_bias, kernel_options
@@ -254,23 +254,16 @@ def _announce_compiling(kernel, dtype):
 @functools.cache
 def _blas_controller():
     """threadpoolctl's handle on the BLAS libraries loaded (SciPy's, which numba's np.dot calls,
-    among them), or None without threadpoolctl."""
+    among them)."""
     import scipy.linalg.cython_blas  # noqa: F401  (loaded first, so that the handle holds it)
-    try:
-        import threadpoolctl
-    except ImportError:
-        return None
     return threadpoolctl.ThreadpoolController()
 
 
-def _one_blas_thread():
-    """A context in which BLAS runs on one thread. The kernels spread their tasks over numba's
-    threads, one per core; a BLAS call that started threads of its own on top would share those
-    cores (on 2 cores at 2 BLAS threads the kernels took twice as long)."""
-    controller = _blas_controller()
-    if controller is None:
-        return contextlib.nullcontext()
-    return controller.limit(limits=1, user_api="blas")
+def one_blas_thread():
+    """A context in which BLAS runs on one thread. The CPU attention kernels spread their tasks
+    over numba's threads, one per core; a BLAS call that started threads of its own on top would
+    share those cores (on 2 cores at 2 BLAS threads the kernels took twice as long)."""
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 def _check_dtype(q):
@@ -298,7 +291,7 @@ def attention_forward(q, k, v, *, causal=False, key_mask=None, window=None, pref
     o = np.empty_like(q)
     lse = np.empty(q.shape[:3], q.dtype)
     _announce_compiling(_forward_kernel, q.dtype)
-    with _one_blas_thread():
+    with one_blas_thread():
         _forward_kernel(q, np.ascontiguousarray(k), np.ascontiguousarray(v), mask, causal,
                         window, prefix, *_bias_and_dropout(shape, bias, dropout, seed, q.dtype),
                         *exp_constants(q.dtype), o, lse)
@@ -321,7 +314,7 @@ def attention_backward(q, k, v, o, lse, do, *, causal=False, key_mask=None, wind
     dbias = np.zeros((shape.B, shape.H, shape.Nq, shape.Nk) if bias is not None else (1, 1, 1, 1),
                      q.dtype)
     _announce_compiling(_backward_kernel, q.dtype)
-    with _one_blas_thread():
+    with one_blas_thread():
         _backward_kernel(q, k, v, do, lse, delta, mask, causal, window, prefix,
                          *_bias_and_dropout(shape, bias, dropout, seed, q.dtype),
                          *exp_constants(q.dtype), dq, dk, dv, dbias)

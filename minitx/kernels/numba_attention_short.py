@@ -36,7 +36,7 @@ import numba
 import numpy as np
 
 from ._checks import check_backward, check_forward, kernel_options
-from .numba_attention import _announce_compiling, _check_dtype, _exp_shifted
+from .numba_attention import _announce_compiling, _check_dtype, _exp_shifted, one_blas_thread
 from .numba_math import exp_constants
 
 SUPPORTED_DTYPES = ("float32", "float64")
@@ -218,8 +218,9 @@ def attention_forward(q, k, v, *, causal=False, key_mask=None, window=None, pref
     o = np.empty_like(q)
     lse = np.empty(q.shape[:3], q.dtype)
     _announce_compiling(_forward_kernel, q.dtype)
-    _forward_kernel(q, k, v, q.dtype.type(shape.scale), mask, causal, window, prefix,
-                    *exp_constants(q.dtype), o, lse)
+    with one_blas_thread():
+        _forward_kernel(q, k, v, q.dtype.type(shape.scale), mask, causal, window, prefix,
+                        *exp_constants(q.dtype), o, lse)
     return o, lse
 
 
@@ -234,6 +235,7 @@ def attention_backward(q, k, v, o, lse, do, *, causal=False, key_mask=None, wind
     o, lse, do = (x.astype(q.dtype, copy=False) for x in (o, lse, do))
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
     _announce_compiling(_backward_kernel, q.dtype)
-    _backward_kernel(q, k, v, o, do, lse, q.dtype.type(shape.scale), mask, causal, window,
-                     prefix, *exp_constants(q.dtype), dq, dk, dv)
+    with one_blas_thread():
+        _backward_kernel(q, k, v, o, do, lse, q.dtype.type(shape.scale), mask, causal, window,
+                         prefix, *exp_constants(q.dtype), dq, dk, dv)
     return dq, dk, dv
