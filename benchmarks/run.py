@@ -21,7 +21,7 @@ Targets: minitx's step at most 1.5x PyTorch's on the CPU (stretch: parity), 2x o
 import argparse
 import os
 
-from threads import use_threads  # before NumPy and torch load
+from threads import BLAS_VARIABLES, use_threads  # before NumPy and torch load
 
 
 def parse_args():
@@ -81,7 +81,9 @@ def limit_blas_threads(n):
     except ImportError:
         return f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')} (threadpoolctl not installed)"
     threadpool_limits(n)
-    return "threadpoolctl: " + ", ".join(f"{p['internal_api']} {p['num_threads']}" for p in threadpool_info())
+    return "threadpoolctl: " + ", ".join(
+        f"{p['internal_api']} {p['num_threads']}" + (f" ({p['architecture']} kernels)" if p.get("architecture") else "")
+        for p in threadpool_info())
 
 
 def machine(threads, blas_threads):
@@ -321,7 +323,8 @@ def main(args):
     info["load"] = (f"1-minute load average {load_before:.1f} before the run, {os.getloadavg()[0]:.1f} after "
                     f"({os.cpu_count()} cores; above the core count, other processes shared them)")
     print(info["load"])
-    command = shlex.join(["python", "benchmarks/run.py", *sys.argv[1:]])
+    command = shlex.join([*(f"{name}={os.environ[name]}" for name in BLAS_VARIABLES if name in os.environ),
+                          "python", "benchmarks/run.py", *sys.argv[1:]])
     append_results(markdown(results, info, command, args.note))
     chart(results, args.threads)
     print(f"\nappended to {HERE / 'RESULTS.md'}; chart in {HERE / 'step_time.png'}")
