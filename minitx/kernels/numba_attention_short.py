@@ -1,8 +1,8 @@
 """Fused attention on the CPU for short sequences: one score tile per head, compiled with numba.
 
-At a few dozen keys (the CPU training preset has 64) the whole (Nk, Nq) score matrix of one head
-fits in the core's L1/L2 cache, so the flash kernel's streaming (numba_attention.py: running
-maximum, rescaling, a loop over key blocks) buys nothing and its per-block set-up dominates.
+At a few hundred keys the whole (Nk, Nq) score matrix of one head fits in the core's L1/L2
+cache, so the flash kernel's streaming (numba_attention.py: running maximum, rescaling, a loop
+over key blocks) buys nothing and its per-block set-up dominates.
 Here each head is one task that does what the reference does, over cached tiles, for each block
 of BLOCK_Q queries (i: the block's queries, keys :n the keys any of them may see):
 
@@ -26,9 +26,9 @@ heads off a projection gives, and the outputs go back in their inputs' memory or
 side of the kernel copies whole arrays. Each product is one BLAS call (`np.dot` with `out=`, no
 temporary), every elementwise loop runs along the contiguous query axis of the transposed tile
 so LLVM vectorises it, and exp is numba_math.exp. Memory is Nk x BLOCK_Q per head in flight (a
-few tiles per thread), not per call: the dispatch (kernels.choose) uses this kernel below
-SHORT_BELOW keys only, where it beats both the reference and the flash kernel
-(benchmarks/RESULTS.md).
+few tiles per thread), not per call: the dispatch (kernels.choose) uses this kernel from
+FUSED_MIN_SIZE to SHORT_BELOW keys only (128 to 511), where it beats both the reference and the
+flash kernel (benchmarks/RESULTS.md); below that the reference's few large NumPy calls win.
 
 Same contract, options and tests as the other kernels; NUMBA_DISABLE_JIT=1 runs it as Python.
 """
