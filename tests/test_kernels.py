@@ -511,3 +511,18 @@ def test_numba_kernel_runs_as_plain_python(kernel):
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("module", [numba_attention, numba_attention_short], ids=["numba", "numba-short"])
+def test_cpu_kernels_give_back_the_blas_threads(module):
+    """The CPU kernels hold BLAS to one thread while they run (numba's threads have the cores);
+    afterwards every BLAS library has the thread count it had before."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    (q, k, v, do), _ = case_inputs((1, 2, 2, 130, 130, 8), dict(), np.float32)
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):   # more than the kernel's 1
+        before = [(info["filepath"], info["num_threads"]) for info in threadpoolctl.threadpool_info()]
+        o, lse = module.attention_forward(q, k, v, causal=True)
+        module.attention_backward(q, k, v, o, lse, do, causal=True)
+        after = [(info["filepath"], info["num_threads"]) for info in threadpoolctl.threadpool_info()]
+    assert before   # at least NumPy's BLAS; SciPy's may load during the call, so compare those
+    assert {path: n for path, n in after if path in dict(before)} == dict(before)   # seen before
